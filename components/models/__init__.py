@@ -1,0 +1,1 @@
+"""Models written from torch primitives. Importing this package needs torch alone."""

@@ -1,0 +1,43 @@
+"""Registered models: checkpoints become versions; ``models:/NAME@ALIAS`` brings them back.
+
+MLflow reserves the alias ``latest`` and resolves ``models:/NAME@latest`` to
+the newest version itself, so registering a version is what makes it
+``latest``; other aliases (``champion``) are set explicitly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow.artifacts
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+LATEST_ALIAS = "latest"
+
+
+def register_checkpoint(
+    client: MlflowClient,
+    name: str,
+    source: str,
+    run_id: str,
+    tags: dict[str, str] | None = None,
+    aliases: tuple[str, ...] = (),
+) -> str:
+    """Register the checkpoint folder at artifact URI ``source`` as a new version of ``name``; return the version."""
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name)
+    version = client.create_model_version(name, source, run_id=run_id, tags=tags or {})
+    for alias in aliases:
+        if alias.lower() != LATEST_ALIAS:
+            client.set_registered_model_alias(name, alias, version.version)
+    return version.version
+
+
+def download_registered_checkpoint(model_uri: str, dst: str | Path, tracking_uri: str) -> Path:
+    """Copy the checkpoint behind ``models:/NAME@ALIAS`` (or ``models:/NAME/VERSION``) into ``dst``."""
+    Path(dst).mkdir(parents=True, exist_ok=True)
+    local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst), tracking_uri=tracking_uri)
+    return Path(local)

@@ -1,0 +1,66 @@
+"""Checkpoints: safetensors weights plus a JSON config, never pickled code.
+
+A checkpoint folder holds ``model.safetensors``, ``config.json`` (format
+version, task name, the task's config, training position) and any extra
+files the task needs to rebuild itself (a tokenizer, say).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+CHECKPOINT_FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    task: str,
+    task_config: dict[str, Any],
+    files: dict[str, str] | None = None,
+    position: dict[str, Any] | None = None,
+) -> Path:
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out / WEIGHTS_FILE))
+    for name, text in (files or {}).items():
+        (out / name).write_text(text)
+    config = {
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "task": task,
+        "task_config": task_config,
+        "files": sorted(files or {}),
+        "position": position or {},
+    }
+    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return out
+
+
+def read_checkpoint_config(path: str | Path) -> dict[str, Any]:
+    config_path = Path(path) / CONFIG_FILE
+    if not config_path.is_file():
+        raise CheckpointError(f"{path} is not a checkpoint: it has no {CONFIG_FILE}")
+    config = json.loads(config_path.read_text())
+    version = config.get("format_version")
+    if version != CHECKPOINT_FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {version}; this tvp reads {CHECKPOINT_FORMAT_VERSION}")
+    return config
+
+
+def load_weights(path: str | Path, model: nn.Module) -> None:
+    """Load ``model.safetensors`` into ``model``; every key must match."""
+    state: dict[str, torch.Tensor] = load_file(str(Path(path) / WEIGHTS_FILE))
+    model.load_state_dict(state, strict=True)

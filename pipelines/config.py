@@ -1,0 +1,84 @@
+"""Pipeline configs: YAML presets validated by pydantic, with ``--set key=value`` overrides.
+
+An unknown key or a value of the wrong type is a ``ConfigError`` naming the
+dotted key, e.g. ``unknown config key 'train.epoch'``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+PRESETS_DIR = Path(__file__).parent / "configs"
+Model = TypeVar("Model", bound=BaseModel)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def preset_path(name_or_path: str | Path) -> Path:
+    """A preset name (``tiny``) from pipelines/configs, or a path to a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        return path
+    candidate = PRESETS_DIR / f"{name_or_path}.yaml"
+    if not candidate.is_file():
+        known = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")))
+        raise ConfigError(f"unknown config preset {name_or_path!r} (known: {known}; or give a .yaml path)")
+    return candidate
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    """Set ``a.b.c=value`` in nested ``data``; the value is parsed as YAML (numbers, booleans, lists)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set expects key=value, got {item!r}")
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        value = raw
+    node = data
+    parts = key.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"config key {'.'.join(parts[: depth + 1])!r} is not a section; cannot set {key!r}")
+        node = child
+    node[parts[-1]] = value
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(p) for p in error["loc"])
+    if error["type"] == "extra_forbidden":
+        return f"unknown config key {key!r}"
+    if error["type"] == "missing":
+        return f"missing config key {key!r}"
+    if not key:
+        return f"invalid config: {error['msg']}"
+    return f"config key {key!r}: {error['msg']} (got {error.get('input')!r})"
+
+
+def load_config(model: type[Model], preset: str | Path | None = None, overrides: list[str] | None = None) -> Model:
+    data = _read_yaml(preset_path(preset)) if preset else {}
+    for item in overrides or []:
+        apply_override(data, item)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc.errors()[0])) from None
