@@ -7,7 +7,6 @@ import logging
 import os
 import socket
 
-import psutil
 import ray
 
 # Ray Data needs CPU slots of its own beside the Train workers: with only as
@@ -20,20 +19,39 @@ MIN_LOCAL_CPUS = 4
 def connect(address: str | None = None, num_cpus: int | None = None) -> str:
     """Initialise Ray once; return the address used (``local`` for a new in-process instance)."""
     address = address or os.environ.get("RAY_ADDRESS") or None
+    _quiet_data_logs()
     if ray.is_initialized():
         return address or "local"
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
         return address
     cpus = num_cpus or max(MIN_LOCAL_CPUS, LOCAL_CPU_FACTOR * (os.cpu_count() or 1))
-    ray.init(num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING)
+    # The dashboard serves the state API that Ray Train's placement-group
+    # cleaner polls; it listens on loopback only.
+    ray.init(num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1", logging_level=logging.WARNING)
     return "local"
 
 
+def _quiet_data_logs() -> None:
+    """Ray Data's per-operator bars and status logs only on a terminal; pipelines print their own progress."""
+    import sys
+
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    interactive = sys.stdout.isatty()
+    context.enable_progress_bars = interactive
+    context.print_on_execution_start = interactive
+    if not interactive:
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
 def _local_addresses() -> set[str]:
-    addresses = {"localhost", socket.gethostname()}
-    for entries in psutil.net_if_addrs().values():
-        addresses.update(entry.address.split("%")[0] for entry in entries if entry.family in (socket.AF_INET, socket.AF_INET6))
+    addresses = {"localhost", socket.gethostname(), ray.util.get_node_ip_address()}
+    try:
+        addresses.update(info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None))
+    except OSError:
+        pass
     return addresses
 
 

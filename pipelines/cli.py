@@ -11,6 +11,7 @@ EXAMPLES = """\
 examples:
   tvp demo                                  run the whole demo in ./tvp-demo
   tvp demo --workdir /tmp/d --set train.epochs=3
+  tvp ingest image-text pairs.parquet --output shards/ --image-size 224
   RAY_ADDRESS=127.0.0.1:6379 tvp demo       use a running Ray cluster
   MLFLOW_TRACKING_URI=http://127.0.0.1:5000 tvp demo   log to an MLflow server
 """
@@ -39,6 +40,29 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override a config value, e.g. --set train.epochs=3 (repeatable)")
     demo.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or a local instance)")
+
+    ingest = commands.add_parser("ingest", help="turn raw sources into WebDataset shard sets")
+    sources = ingest.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    image_text = sources.add_parser(
+        "image-text",
+        help="an image-text Parquet table (image location + caption) → shards",
+        description=(
+            "Read a Parquet table with an image location column (a path relative to the table, an absolute path "
+            "or a file:// URL) and a caption column; decode, check, resize and re-encode every image in parallel "
+            "with Ray Data; write NNNNN.tar, NNNNN.parquet (every row with its status) and NNNNN_stats.json per "
+            "shard, then sizes.json and manifest.json. Rerunning into the same folder completes missing shards only."
+        ),
+    )
+    image_text.add_argument("table", help="the Parquet table")
+    image_text.add_argument("--output", required=True, help="folder for the shard set")
+    image_text.add_argument("--url-column", default="url", help="column with the image location (default: url)")
+    image_text.add_argument("--caption-column", default="caption", help="column with the caption (default: caption)")
+    image_text.add_argument("--image-size", type=int, default=256, help="output side in pixels (default: 256)")
+    image_text.add_argument("--resize-mode", default="border", choices=["no", "border", "center_crop"],
+                            help="border: fit and pad; center_crop: fill and crop; no: keep (default: border)")
+    image_text.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality of stored images (default: 95)")
+    image_text.add_argument("--rows-per-shard", type=int, default=10_000, help="input rows per shard (default: 10000)")
+    image_text.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or a local instance)")
     return parser
 
 
@@ -61,6 +85,26 @@ def _demo(args: argparse.Namespace) -> None:
     _print_summary(run_demo(cfg, args.workdir, args.address))
 
 
+def _ingest(args: argparse.Namespace) -> None:
+    from cluster.ray_cluster import connect
+    from components.data.image_processing import ImageConfig
+    from components.data.image_text_table import ImageTextTable
+    from pipelines.ingest_image_text import ingest_image_text
+
+    if args.rows_per_shard < 1 or args.image_size < 1:
+        raise _usage_error("--rows-per-shard and --image-size must be positive")
+    ImageTextTable(args.table, args.url_column, args.caption_column)  # fail on bad input before starting Ray
+    connect(args.address)
+    image = ImageConfig(image_size=args.image_size, resize_mode=args.resize_mode, jpeg_quality=args.jpeg_quality)
+    ingest_image_text(args.table, args.output, image, args.rows_per_shard, args.url_column, args.caption_column)
+
+
+def _usage_error(message: str) -> Exception:
+    from pipelines.config import ConfigError
+
+    return ConfigError(message)
+
+
 def _known_errors() -> tuple[type[BaseException], ...]:
     from components.data.image_text_table import TableError
     from components.data.shard_reader import ShardSetError
@@ -75,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     try:
-        {"demo": _demo}[args.command](args)
+        {"demo": _demo, "ingest": _ingest}[args.command](args)
     except _known_errors() as exc:
         print(f"tvp: error: {exc}", file=sys.stderr)
         return 2

@@ -15,8 +15,6 @@ from cluster.ray_cluster import cluster_is_local, connect
 from components.data.atomic_files import write_json_atomic
 from components.data.digits_demo_data import CLASS_NAMES, PROMPT_TEMPLATES, build_digits_tables
 from components.data.image_processing import ImageConfig
-from components.data.image_text_stage import shard_image_text_table
-from components.data.image_text_table import ImageTextTable
 from components.data.shard_reader import iter_samples
 from components.data.tokenizer import train_caption_tokenizer
 from components.models.clip import CLIPConfig
@@ -34,6 +32,7 @@ from components.training.clip_task import TOKENIZER_FILE, ClipTask, ClipTaskConf
 from components.training.ray_trainer import fit
 from components.training.registry import load_task_and_model
 from components.training.train_config import TrainConfig
+from pipelines.ingest_image_text import ingest_image_text
 
 
 class Strict(BaseModel):
@@ -77,17 +76,6 @@ def mlflow_ui_command(tracking_uri: str) -> str:
     return f"{mlflow_bin} ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
 
 
-def _shard_split(table_path: Path, out_dir: Path, cfg: DemoDataConfig, echo: Callable[[str], None]) -> dict[str, Any]:
-    table = ImageTextTable(str(table_path))
-
-    def progress(stats: dict[str, Any], done: int, total: int) -> None:
-        echo(f"  shard {stats['shard']}: {stats['successes']}/{stats['input_rows']} samples  [{done}/{total}]")
-
-    manifest = shard_image_text_table(table, out_dir, cfg.image, cfg.rows_per_shard, on_shard_done=progress)
-    echo(f"  {out_dir}: {manifest['num_samples']} samples in {manifest['num_shards']} shards")
-    return manifest
-
-
 def run_demo(
     cfg: DemoConfig, workdir: str | Path, address: str | None = None, echo: Callable[[str], None] = print
 ) -> dict[str, Any]:
@@ -109,8 +97,9 @@ def run_demo(
     echo(f"  {tables.num_train} training rows, {tables.num_heldout} held-out rows in {work / 'source'}")
 
     echo("[2/5] sharding with Ray Data (decode, validate, resize, write WebDataset)")
-    train_manifest = _shard_split(tables.train, work / "shards" / "train", cfg.data, echo)
-    heldout_manifest = _shard_split(tables.heldout, work / "shards" / "heldout", cfg.data, echo)
+    shards = {split: work / "shards" / split for split in ("train", "heldout")}
+    train_manifest = ingest_image_text(tables.train, shards["train"], cfg.data.image, cfg.data.rows_per_shard, echo=echo)
+    heldout_manifest = ingest_image_text(tables.heldout, shards["heldout"], cfg.data.image, cfg.data.rows_per_shard, echo=echo)
 
     captions = pq.read_table(tables.train, columns=["caption"]).column("caption").to_pylist()
     tokenizer = train_caption_tokenizer(captions, cfg.model.text.vocab_size)
@@ -133,7 +122,7 @@ def run_demo(
         tracker.log_params(cfg.model_dump(mode="json"))
         echo(f"[3/5] training CLIP with Ray Train: {cfg.train.num_workers} workers, {cfg.train.epochs} epochs "
              f"(MLflow run {tracker.run_id})")
-        checkpoint = fit(task, cfg.train, work / "shards" / "train", work / "ray_results", run_name,
+        checkpoint = fit(task, cfg.train, shards["train"], work / "ray_results", run_name,
                          tracking={"tracking_uri": tracking_uri, "run_id": tracker.run_id})
 
         echo("[4/5] zero-shot classification of the held-out images with unseen prompt templates")
@@ -141,7 +130,7 @@ def run_demo(
         with checkpoint.as_directory() as ckpt_dir:
             shutil.copytree(ckpt_dir, local_ckpt, dirs_exist_ok=True)
         eval_task, model = load_task_and_model(local_ckpt)
-        metrics = eval_task.evaluate(model, iter_samples(work / "shards" / "heldout"))
+        metrics = eval_task.evaluate(model, iter_samples(shards["heldout"]))
         chance = 1.0 / len(CLASS_NAMES)
         tracker.log_metrics({"zero_shot_top1": metrics["zero_shot_top1"], "chance_top1": chance}, step=0)
 
@@ -158,8 +147,8 @@ def run_demo(
 
     summary = {
         "workdir": str(work),
-        "shards_dir": str(work / "shards" / "train"),
-        "heldout_shards_dir": str(work / "shards" / "heldout"),
+        "shards_dir": str(shards["train"]),
+        "heldout_shards_dir": str(shards["heldout"]),
         "num_train_samples": train_manifest["num_samples"],
         "num_heldout_samples": heldout_manifest["num_samples"],
         "data_manifest_hash": train_manifest["content_hash"],

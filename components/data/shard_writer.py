@@ -54,7 +54,8 @@ def write_shard(
     tmp_tar = out / f"{name}.tar{TMP_SUFFIX}"
     count = 0
     with open(tmp_tar, "wb") as f:
-        with wds.TarWriter(f) as writer:
+        # A fixed mtime makes the tar a function of its samples, so the content hash is reproducible.
+        with wds.TarWriter(f, mtime=0.0) as writer:
             for sample in samples:
                 if "." in sample["__key__"]:
                     raise ValueError(f"sample key {sample['__key__']!r} contains a dot")
