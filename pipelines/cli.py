@@ -86,14 +86,16 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _ingest(args: argparse.Namespace) -> None:
-    from cluster.ray_cluster import connect
     from components.data.image_processing import ImageConfig
     from components.data.image_text_table import ImageTextTable
-    from pipelines.ingest_image_text import ingest_image_text
 
     if args.rows_per_shard < 1 or args.image_size < 1:
         raise _usage_error("--rows-per-shard and --image-size must be positive")
-    ImageTextTable(args.table, args.url_column, args.caption_column)  # fail on bad input before starting Ray
+    ImageTextTable(args.table, args.url_column, args.caption_column)  # fail on bad input before Ray starts
+
+    from cluster.ray_cluster import connect
+    from pipelines.ingest_image_text import ingest_image_text
+
     connect(args.address)
     image = ImageConfig(image_size=args.image_size, resize_mode=args.resize_mode, jpeg_quality=args.jpeg_quality)
     ingest_image_text(args.table, args.output, image, args.rows_per_shard, args.url_column, args.caption_column)

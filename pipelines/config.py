@@ -65,13 +65,14 @@ def apply_override(data: dict[str, Any], item: str) -> None:
 
 def _describe(error: dict[str, Any]) -> str:
     key = ".".join(str(p) for p in error["loc"])
-    if error["type"] == "extra_forbidden":
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
         return f"unknown config key {key!r}"
     if error["type"] == "missing":
         return f"missing config key {key!r}"
     if not key:
-        return f"invalid config: {error['msg']}"
-    return f"config key {key!r}: {error['msg']} (got {error.get('input')!r})"
+        return f"invalid config: {message}"
+    return f"config key {key!r}: {message} (got {error.get('input')!r})"
 
 
 def load_config(model: type[Model], preset: str | Path | None = None, overrides: list[str] | None = None) -> Model:

@@ -18,7 +18,7 @@ ResizeMode = Literal["no", "border", "center_crop"]
 
 @dataclass
 class ImageConfig:
-    image_size: int = 256  # output side in pixels
+    image_size: int = 224  # output side in pixels (CLIP and ViT inputs)
     resize_mode: ResizeMode = "border"  # border: fit inside and pad; center_crop: fill and crop
     jpeg_quality: int = 95
     max_pixels: int = 64_000_000  # larger images are refused as decompression bombs

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import mlflow.artifacts
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -36,8 +37,24 @@ def register_checkpoint(
     return version.version
 
 
+def resolve_model_version(client: MlflowClient, model_uri: str) -> ModelVersion:
+    """The version named by ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``."""
+    if not model_uri.startswith("models:/"):
+        raise ValueError(f"{model_uri!r} is not a models:/NAME@ALIAS or models:/NAME/VERSION URI")
+    ref = model_uri.removeprefix("models:/")
+    if "@" in ref:
+        name, alias = ref.rsplit("@", 1)
+        return client.get_model_version_by_alias(name, alias)
+    name, sep, version = ref.rpartition("/")
+    if not sep or not version.isdigit():
+        raise ValueError(f"{model_uri!r} names neither an alias nor a version number")
+    return client.get_model_version(name, version)
+
+
 def download_registered_checkpoint(model_uri: str, dst: str | Path, tracking_uri: str) -> Path:
     """Copy the checkpoint behind ``models:/NAME@ALIAS`` (or ``models:/NAME/VERSION``) into ``dst``."""
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    version = resolve_model_version(client, model_uri)
     Path(dst).mkdir(parents=True, exist_ok=True)
-    local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst), tracking_uri=tracking_uri)
+    local = mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(dst), tracking_uri=tracking_uri)
     return Path(local)

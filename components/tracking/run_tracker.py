@@ -29,7 +29,7 @@ class RunTracker:
     def __init__(self, tracking_uri: str, run_id: str):
         self.tracking_uri = tracking_uri
         self.run_id = run_id
-        self.client = MlflowClient(tracking_uri)
+        self.client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
 
     @classmethod
     def create(
@@ -40,7 +40,7 @@ class RunTracker:
         artifact_location: str | None = None,
         tags: Mapping[str, str] | None = None,
     ) -> "RunTracker":
-        client = MlflowClient(tracking_uri)
+        client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
         found = client.get_experiment_by_name(experiment)
         experiment_id = found.experiment_id if found else client.create_experiment(experiment, artifact_location)
         run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {}))

@@ -1,0 +1,62 @@
+"""``tvp demo`` end to end: shards, one MLflow run, a registered model that loads back and scores the same."""
+
+import json
+
+from mlflow.tracking import MlflowClient
+
+from components.data.shard_reader import iter_samples
+from components.tracking.registry import download_registered_checkpoint
+from components.training.registry import load_task_and_model
+
+SUMMARY_KEYS = {"shards_dir", "num_train_samples", "tracking_uri", "run_id", "registered_model",
+                "model_version", "zero_shot_top1", "chance_top1"}
+
+
+def test_summary_reports_a_model_well_above_chance(demo_run):
+    summary = demo_run["summary"]
+    assert SUMMARY_KEYS <= summary.keys()
+    assert summary["num_train_samples"] == 1438 and summary["chance_top1"] == 0.1
+    assert summary["zero_shot_top1"] >= 3 * summary["chance_top1"], summary
+    out = demo_run["stdout"]
+    assert "zero-shot top-1" in out and "mlflow ui --backend-store-uri sqlite:///" in out and summary["run_id"] in out
+
+
+def test_shard_sets_follow_the_contract(demo_run):
+    train = demo_run["workdir"] / "shards" / "train"
+    manifest = json.loads((train / "manifest.json").read_text())
+    sizes = json.loads((train / "sizes.json").read_text())
+    assert sum(sizes.values()) == manifest["num_samples"] == 1438
+    for name in sizes:
+        stem = name.removesuffix(".tar")
+        assert (train / f"{stem}_stats.json").is_file() and (train / f"{stem}.parquet").is_file()
+    assert not list(train.glob("*.tmp"))
+    assert manifest["content_hash"] == demo_run["summary"]["data_manifest_hash"]
+
+
+def test_one_finished_run_records_config_lineage_and_metrics(demo_run):
+    summary = demo_run["summary"]
+    client = MlflowClient(summary["tracking_uri"])
+    run = client.get_run(summary["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.epochs"] == "24" and run.data.params["model.vision.patch_size"] == "8"
+    assert run.data.tags["data_manifest_hash"] == summary["data_manifest_hash"]
+    assert run.data.tags["code_version"] and run.data.tags["torch_version"].startswith("2.14")
+    losses = client.get_metric_history(summary["run_id"], "loss")
+    assert len(losses) >= 10 and losses[-1].value < losses[0].value
+    assert run.data.metrics["zero_shot_top1"] == summary["zero_shot_top1"]
+    runs = client.search_runs([run.info.experiment_id])
+    assert [r.info.run_id for r in runs] == [summary["run_id"]]
+
+
+def test_registered_model_loads_back_and_reproduces_the_logged_accuracy(demo_run, tmp_path):
+    summary = demo_run["summary"]
+    uri = f"models:/{summary['registered_model']}@latest"
+    checkpoint = download_registered_checkpoint(uri, tmp_path / "ckpt", summary["tracking_uri"])
+    names = sorted(p.name for p in checkpoint.iterdir())
+    assert names == ["config.json", "model.safetensors", "tokenizer.json"]  # weights + JSON, nothing pickled
+    assert json.loads((checkpoint / "config.json").read_text())["format_version"] == 1
+    task, model = load_task_and_model(checkpoint)
+    metrics = task.evaluate(model, iter_samples(summary["heldout_shards_dir"]))
+    assert metrics["zero_shot_top1"] == summary["zero_shot_top1"]
+    version = MlflowClient(summary["tracking_uri"]).get_model_version(summary["registered_model"], summary["model_version"])
+    assert version.run_id == summary["run_id"] and version.tags["data_manifest_hash"] == summary["data_manifest_hash"]

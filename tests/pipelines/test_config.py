@@ -1,0 +1,53 @@
+import pytest
+
+from components.training.train_config import TrainConfig
+from pipelines.config import ConfigError, apply_override, load_config
+from pipelines.demo import DemoConfig
+
+
+def test_tiny_preset_loads_and_overrides_apply_with_yaml_types():
+    cfg = load_config(DemoConfig, "tiny", ["train.epochs=3", "train.lr=0.01", "tracking.experiment=mine"])
+    assert cfg.train.epochs == 3 and cfg.train.lr == 0.01 and cfg.tracking.experiment == "mine"
+    assert isinstance(cfg.train, TrainConfig) and cfg.model.vision.image_size == 32
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.epoch=3", "unknown config key 'train.epoch'"),
+        ("model.vision.depth=3", "unknown config key 'model.vision.depth'"),
+        ("colour=red", "unknown config key 'colour'"),
+        ("train.epochs=many", "config key 'train.epochs': Input should be a valid integer"),
+        ("data.image.resize_mode=stretch", "config key 'data.image.resize_mode'"),
+        ("train.batch_size=127", "batch_size 127 is not divisible by num_workers 2"),
+        ("model.vision.image_size=48", "model.vision.image_size (48) must equal data.image.image_size (32)"),
+        ("train.epochs", "--set expects key=value"),
+        ("train.epochs.x=1", "config key 'train.epochs' is not a section"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(DemoConfig, "tiny", [override])
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_presets_and_files(tmp_path):
+    with pytest.raises(ConfigError, match="unknown config preset 'huge'"):
+        load_config(DemoConfig, "huge")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(DemoConfig, tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(DemoConfig, bad)
+    good = tmp_path / "good.yaml"
+    good.write_text("train:\n  epochs: 2\n")
+    assert load_config(DemoConfig, good).train.epochs == 2
+
+
+def test_apply_override_builds_nested_sections():
+    data = {}
+    apply_override(data, "a.b.c=[1, 2]")
+    apply_override(data, "a.d=")
+    assert data == {"a": {"b": {"c": [1, 2]}, "d": ""}}
