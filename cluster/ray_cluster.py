@@ -6,6 +6,7 @@ import ipaddress
 import logging
 import os
 import socket
+import sys
 
 import ray
 
@@ -17,25 +18,40 @@ MIN_LOCAL_CPUS = 4
 
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> str:
-    """Initialise Ray once; return the address used (``local`` for a new in-process instance)."""
+    """Initialise Ray once: the cluster at ``address`` / $RAY_ADDRESS, else a new local instance.
+
+    Returns the GCS address, which subprocesses can use as RAY_ADDRESS.
+    """
     address = address or os.environ.get("RAY_ADDRESS") or None
     _quiet_data_logs()
-    if ray.is_initialized():
-        return address or "local"
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING)
-        return address
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, logging_level=logging.WARNING)
+        else:
+            start_local(num_cpus)
+    return ray.get_runtime_context().gcs_address
+
+
+def start_local(num_cpus: int | None = None) -> None:
+    """A new in-process Ray instance (never an existing cluster found on the machine).
+
+    It listens on loopback when ``cluster.loopback.use_loopback_only()`` ran before ray was imported,
+    as the CLI and the tests do.
+    """
     cpus = num_cpus or max(MIN_LOCAL_CPUS, LOCAL_CPU_FACTOR * (os.cpu_count() or 1))
     # The dashboard serves the state API that Ray Train's placement-group
     # cleaner polls; it listens on loopback only.
-    ray.init(num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1", logging_level=logging.WARNING)
-    return "local"
+    ray.init(
+        address="local",
+        num_cpus=cpus,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        logging_level=logging.WARNING,
+    )
 
 
 def _quiet_data_logs() -> None:
     """Ray Data's per-operator bars and status logs only on a terminal; pipelines print their own progress."""
-    import sys
-
     import ray.data
 
     context = ray.data.DataContext.get_current()

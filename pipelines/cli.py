@@ -119,7 +119,10 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    if not getattr(args, "address", None) and not os.environ.get("RAY_ADDRESS"):
+        from cluster.loopback import use_loopback_only
+
+        use_loopback_only()  # our own local Ray instance stays on 127.0.0.1
     try:
         {"demo": _demo, "ingest": _ingest}[args.command](args)
     except _known_errors() as exc:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from components.tracking.tracking_store import (
     configure_fast_failure,
     default_artifact_location,
     is_local_store,
+    TrackingUnavailable,
     resolve_tracking_uri,
 )
 from components.training.clip_task import TOKENIZER_FILE, ClipTask, ClipTaskConfig
@@ -87,7 +87,7 @@ def run_demo(
     check_tracking_server(tracking_uri)
     connect(address)
     if is_local_store(tracking_uri) and not cluster_is_local():
-        raise RuntimeError(
+        raise TrackingUnavailable(
             f"the Ray cluster has nodes on other machines, but the tracking store {tracking_uri} is local to this "
             "one and its runs would be lost: set MLFLOW_TRACKING_URI to a tracking server every node reaches"
         )
@@ -126,16 +126,14 @@ def run_demo(
                          tracking={"tracking_uri": tracking_uri, "run_id": tracker.run_id})
 
         echo("[4/5] zero-shot classification of the held-out images with unseen prompt templates")
-        local_ckpt = work / "checkpoints" / run_name
-        with checkpoint.as_directory() as ckpt_dir:
-            shutil.copytree(ckpt_dir, local_ckpt, dirs_exist_ok=True)
-        eval_task, model = load_task_and_model(local_ckpt)
-        metrics = eval_task.evaluate(model, iter_samples(shards["heldout"]))
-        chance = 1.0 / len(CLASS_NAMES)
-        tracker.log_metrics({"zero_shot_top1": metrics["zero_shot_top1"], "chance_top1": chance}, step=0)
+        with checkpoint.as_directory() as checkpoint_dir:
+            eval_task, model = load_task_and_model(checkpoint_dir)
+            metrics = eval_task.evaluate(model, iter_samples(shards["heldout"]))
+            chance = 1.0 / len(CLASS_NAMES)
+            tracker.log_metrics({"zero_shot_top1": metrics["zero_shot_top1"], "chance_top1": chance}, step=0)
 
-        echo("[5/5] registering the checkpoint in the MLflow model registry")
-        source = tracker.log_artifacts(local_ckpt, "checkpoint")
+            echo("[5/5] registering the checkpoint in the MLflow model registry")
+            source = tracker.log_artifacts(checkpoint_dir, "checkpoint")
         version = register_checkpoint(
             tracker.client, cfg.tracking.registered_model, source, tracker.run_id,
             tags={**lineage, "zero_shot_top1": f"{metrics['zero_shot_top1']:.4f}"},
@@ -158,7 +156,7 @@ def run_demo(
         "registered_model": cfg.tracking.registered_model,
         "model_version": version,
         "model_uri": f"models:/{cfg.tracking.registered_model}@{LATEST_ALIAS}",
-        "checkpoint_dir": str(local_ckpt),
+        "checkpoint_uri": source,
         "zero_shot_top1": metrics["zero_shot_top1"],
         "chance_top1": chance,
         "duration_s": round(time.monotonic() - started, 1),

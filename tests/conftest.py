@@ -15,6 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from cluster.loopback import use_loopback_only
+
+use_loopback_only()  # before anything imports ray: the session's head and every CLI it starts stay on 127.0.0.1
+
 REPO = Path(__file__).resolve().parents[1]
 TVP = [sys.executable, "-m", "pipelines.cli"]
 
@@ -27,16 +31,8 @@ def ray_address():
     from cluster.ray_cluster import connect
 
     os.environ.pop("RAY_ADDRESS", None)
-    ray.init(
-        num_cpus=4,
-        _node_ip_address="127.0.0.1",
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        logging_level="WARNING",
-    )
-    address = ray.get_runtime_context().gcs_address
-    os.environ["RAY_ADDRESS"] = address
-    connect(address)  # applies the project's Ray Data settings to this process
+    address = connect(num_cpus=4)
+    os.environ["RAY_ADDRESS"] = address  # subprocess CLIs attach here
     yield address
     ray.shutdown()
     os.environ.pop("RAY_ADDRESS", None)
