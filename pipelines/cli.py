@@ -17,6 +17,11 @@ examples:
 """
 
 
+def _add_address(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", default=None,
+                        help="Ray cluster address (default: $RAY_ADDRESS, else a new local instance on 127.0.0.1)")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tvp",
@@ -39,7 +44,7 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--config", default="tiny", help="preset name in pipelines/configs or a YAML file (default: tiny)")
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override a config value, e.g. --set train.epochs=3 (repeatable)")
-    demo.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or a local instance)")
+    _add_address(demo)
 
     ingest = commands.add_parser("ingest", help="turn raw sources into WebDataset shard sets")
     sources = ingest.add_subparsers(dest="source", required=True, metavar="SOURCE")
@@ -62,7 +67,7 @@ def _build_parser() -> argparse.ArgumentParser:
                             help="border: fit and pad; center_crop: fill and crop; no: keep (default: border)")
     image_text.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality of stored images (default: 95)")
     image_text.add_argument("--rows-per-shard", type=int, default=10_000, help="input rows per shard (default: 10000)")
-    image_text.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or a local instance)")
+    _add_address(image_text)
     return parser
 
 
