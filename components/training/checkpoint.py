@@ -32,9 +32,21 @@ def save_checkpoint(
     files: dict[str, str] | None = None,
     position: dict[str, Any] | None = None,
 ) -> Path:
+    return save_checkpoint_state(path, model.state_dict(), task, task_config, files, position)
+
+
+def save_checkpoint_state(
+    path: str | Path,
+    weights: dict[str, torch.Tensor],
+    task: str,
+    task_config: dict[str, Any],
+    files: dict[str, str] | None = None,
+    position: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint folder from a full (unsharded) state dict."""
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
     save_file(state, str(out / WEIGHTS_FILE))
     for name, text in (files or {}).items():
         (out / name).write_text(text)

@@ -1,16 +1,49 @@
-"""Optimizers built from the training config."""
+"""Optimizers built from the training config, with parameter groups."""
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 from torch import nn
 
 
-def build_adamw(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW that decays matrices only: biases, norms, embeddings of one dim and scalars are not decayed."""
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (decay if param.ndim >= 2 else no_decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr)
+def param_groups(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    backbone_lr: float | None = None,
+    backbone_prefixes: Sequence[str] = (),
+) -> list[dict]:
+    """Groups by (backbone or not) × (decayed or not).
+
+    Matrices and convolution kernels are decayed; biases, norm weights,
+    scalars (a logit scale) are not. Parameters whose name starts with one of
+    ``backbone_prefixes`` take ``backbone_lr`` when it is given.
+    """
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        clean = name.removeprefix("module.")  # names under a DDP wrapper
+        is_backbone = backbone_lr is not None and clean.startswith(tuple(backbone_prefixes))
+        groups.setdefault((is_backbone, param.ndim >= 2), []).append(param)
+    return [
+        {
+            "params": params,
+            "lr": backbone_lr if is_backbone else lr,
+            "weight_decay": weight_decay if decayed else 0.0,
+            "name": f"{'backbone' if is_backbone else 'main'}_{'decay' if decayed else 'no_decay'}",
+        }
+        for (is_backbone, decayed), params in sorted(groups.items())
+    ]
+
+
+def build_adamw(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    backbone_lr: float | None = None,
+    backbone_prefixes: Sequence[str] = (),
+) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(model, lr, weight_decay, backbone_lr, backbone_prefixes), lr=lr)

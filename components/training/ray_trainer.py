@@ -44,7 +44,7 @@ def fit(
         train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.num_workers, use_gpu=False, resources_per_worker={"CPU": cfg.cpus_per_worker}
+            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
         ),
         run_config=ray.train.RunConfig(name=run_name, storage_path=str(Path(storage_path).resolve())),
         datasets={"train": dataset},

@@ -22,6 +22,7 @@ class Task(ABC):
     name: ClassVar[str]
     config_type: ClassVar[type]
     columns: ClassVar[list[str]]  # shard members that transform_batch reads
+    backbone_prefixes: ClassVar[tuple[str, ...]] = ()  # parameter names that TrainConfig.backbone_lr applies to
 
     def __init__(self, config: Any, files: dict[str, str] | None = None):
         self.config = config

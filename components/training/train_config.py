@@ -3,22 +3,40 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 
 @dataclass
 class TrainConfig:
     epochs: int = 1
-    batch_size: int = 64  # global batch; each worker takes batch_size / num_workers
+    batch_size: int = 64  # global samples per optimizer step: micro-batch × workers × grad_accum_steps
+    grad_accum_steps: int = 1  # micro-batches whose gradients add up to one optimizer step
     lr: float = 1e-3
-    weight_decay: float = 0.1
-    warmup_steps: int = 0  # linear warmup, then cosine decay to zero over the run
+    backbone_lr: float | None = None  # rate for the task's backbone parameters; None: same as lr
+    weight_decay: float = 0.1  # applied to matrices only, never to biases, norms or scalars
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_steps: int = 0  # linear warmup before the schedule
+    lr_step_every: int = 1000  # "step" schedule: multiply the rate by lr_step_gamma every this many steps
+    lr_step_gamma: float = 0.1
+    grad_clip_norm: float | None = None  # clip the global gradient norm to this; None: no clipping
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype; fp16 adds a gradient scaler
+    parallelism: Literal["ddp", "fsdp"] = "ddp"  # fsdp shards parameters, gradients and optimizer state
     num_workers: int = 2  # Ray Train workers (processes)
     cpus_per_worker: float = 1.0
+    use_gpu: bool = False
     log_every: int = 10  # steps between metric logs on rank 0
     seed: int = 0
 
     __pydantic_config__ = {"extra": "forbid"}
 
     def __post_init__(self) -> None:
-        if self.batch_size % self.num_workers:
-            raise ValueError(f"batch_size {self.batch_size} is not divisible by num_workers {self.num_workers}")
+        per_step = self.num_workers * self.grad_accum_steps
+        if self.batch_size % per_step:
+            raise ValueError(
+                f"batch_size {self.batch_size} is not divisible by num_workers × grad_accum_steps ({per_step})"
+            )
+
+    @property
+    def micro_batch_size(self) -> int:
+        """Samples per worker per forward pass."""
+        return self.batch_size // (self.num_workers * self.grad_accum_steps)

@@ -19,7 +19,7 @@ def test_tiny_preset_loads_and_overrides_apply_with_yaml_types():
         ("colour=red", "unknown config key 'colour'"),
         ("train.epochs=many", "config key 'train.epochs': Input should be a valid integer"),
         ("data.image.resize_mode=stretch", "config key 'data.image.resize_mode'"),
-        ("train.batch_size=127", "batch_size 127 is not divisible by num_workers 2"),
+        ("train.batch_size=127", "batch_size 127 is not divisible by num_workers × grad_accum_steps (2)"),
         ("model.vision.image_size=48", "model.vision.image_size (48) must equal data.image.image_size (32)"),
         ("train.epochs", "--set expects key=value"),
         ("train.epochs.x=1", "config key 'train.epochs' is not a section"),
