@@ -14,6 +14,7 @@ from cluster.ray_cluster import cluster_is_local, connect
 from components.data.atomic_files import write_json_atomic
 from components.data.digits_demo_data import CLASS_NAMES, PROMPT_TEMPLATES, build_digits_tables
 from components.data.image_processing import ImageConfig
+from components.data.shard_plan import ShardSource
 from components.data.shard_reader import iter_samples
 from components.data.tokenizer import train_caption_tokenizer
 from components.models.clip import CLIPConfig
@@ -122,7 +123,7 @@ def run_demo(
         tracker.log_params(cfg.model_dump(mode="json"))
         echo(f"[3/5] training CLIP with Ray Train: {cfg.train.num_workers} workers, {cfg.train.epochs} epochs "
              f"(MLflow run {tracker.run_id})")
-        checkpoint = fit(task, cfg.train, shards["train"], work / "ray_results", run_name,
+        checkpoint = fit(task, cfg.train, [ShardSource(str(shards["train"]))], work / "ray_results", run_name,
                          tracking={"tracking_uri": tracking_uri, "run_id": tracker.run_id})
 
         echo("[4/5] zero-shot classification of the held-out images with unseen prompt templates")

@@ -11,6 +11,8 @@ from mlflow.tracking import MlflowClient
 
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a parameter value
 BATCH_LIMIT = 100  # params per log_batch call
+RUN_NAME_TAG = "tvp.run_name"  # the training run's name, shared with Ray Train's RunConfig(name=...)
+RESUMED_TAG = "tvp.resumed"  # how many times a restarted driver continued this run
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -40,10 +42,24 @@ class RunTracker:
         artifact_location: str | None = None,
         tags: Mapping[str, str] | None = None,
     ) -> "RunTracker":
+        """The run named ``run_name`` in ``experiment``: created, or continued when it exists.
+
+        A restarted driver passes the same name and so keeps one run, whose
+        metrics go on by step, instead of starting a second one.
+        """
         client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
         found = client.get_experiment_by_name(experiment)
         experiment_id = found.experiment_id if found else client.create_experiment(experiment, artifact_location)
-        run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {}))
+        existing = client.search_runs(
+            [experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'", max_results=1
+        )
+        if existing:
+            run_id = existing[0].info.run_id
+            client.update_run(run_id, status="RUNNING")
+            tracker = cls(tracking_uri, run_id)
+            tracker.set_tags({**dict(tags or {}), RESUMED_TAG: int(existing[0].data.tags.get(RESUMED_TAG, 0)) + 1})
+            return tracker
+        run = client.create_run(experiment_id, run_name=run_name, tags={**dict(tags or {}), RUN_NAME_TAG: run_name})
         return cls(tracking_uri, run.info.run_id)
 
     def log_params(self, params: Mapping[str, Any]) -> None:

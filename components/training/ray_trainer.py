@@ -1,43 +1,56 @@
-"""Driver side of training: the datasets, the TorchTrainer, the final checkpoint."""
+"""Driver side of training: the TorchTrainer over planned shard sets, and its final checkpoint."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import ray.train
 from ray.train.torch import TorchTrainer
 
-from components.data.shard_dataset import read_shard_dataset
-from components.data.shard_reader import read_manifest
+from components.data.shard_plan import ShardSource, epoch_shards, rank_shards, read_shard_refs
+from components.data.shard_reader import ShardSetError
 from components.training.task import Task
 from components.training.train_config import TrainConfig
 from components.training.worker_loop import train_loop_per_worker
 
 
+def _check_sources(sources: Sequence[ShardSource], cfg: TrainConfig) -> None:
+    """Fail in the driver, with a clear message, on data the workers could not train on."""
+    refs = [read_shard_refs(source.path) for source in sources]
+    weights = [s.weight for s in sources] if len(sources) > 1 else None
+    plan = epoch_shards(refs, weights, cfg.seed, 1, cfg.samples_per_epoch)
+    per_rank_step = cfg.micro_batch_size * cfg.grad_accum_steps
+    for rank in range(cfg.num_workers):
+        samples = sum(ref.num_samples for ref in rank_shards(plan, rank, cfg.num_workers))
+        if samples < per_rank_step:
+            raise ShardSetError(
+                f"worker {rank} gets {samples} samples per epoch, fewer than one step "
+                f"({per_rank_step}): lower batch_size or add data"
+            )
+
+
 def fit(
     task: Task,
     cfg: TrainConfig,
-    shard_dir: str | Path,
+    sources: Sequence[ShardSource],
     storage_path: str | Path,
     run_name: str,
     tracking: dict[str, Any] | None = None,
 ) -> ray.train.Checkpoint:
-    """Train ``task`` on a shard set with ``cfg.num_workers`` Ray Train workers; return the final checkpoint.
+    """Train ``task`` on shard sets with ``cfg.num_workers`` Ray Train workers; return the final checkpoint.
 
+    Rerunning with the same ``storage_path`` and ``run_name`` resumes from that run's latest checkpoint.
     ``tracking`` (``tracking_uri`` and ``run_id``) lets rank 0 log into an existing MLflow run.
     """
-    samples = read_manifest(shard_dir)["num_samples"]
-    if samples < cfg.batch_size:
-        raise ValueError(f"{shard_dir} holds {samples} samples, fewer than one batch of {cfg.batch_size}")
-    dataset = read_shard_dataset(shard_dir, task.columns).map_batches(task.transform_batch, batch_format="numpy")
+    _check_sources(sources, cfg)
     loop_config = {
         "task": task.name,
         "task_config": task.config_dict(),
         "files": task.files,
         "train": asdict(cfg),
-        "samples_per_epoch": samples,
+        "sources": [[str(Path(s.path).resolve()), s.weight] for s in sources],
         **(tracking or {}),
     }
     trainer = TorchTrainer(
@@ -46,8 +59,11 @@ def fit(
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
         ),
-        run_config=ray.train.RunConfig(name=run_name, storage_path=str(Path(storage_path).resolve())),
-        datasets={"train": dataset},
+        run_config=ray.train.RunConfig(
+            name=run_name,
+            storage_path=str(Path(storage_path).resolve()),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+        ),
     )
     result = trainer.fit()
     if result.checkpoint is None:

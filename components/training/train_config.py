@@ -21,6 +21,12 @@ class TrainConfig:
     grad_clip_norm: float | None = None  # clip the global gradient norm to this; None: no clipping
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype; fp16 adds a gradient scaler
     parallelism: Literal["ddp", "fsdp"] = "ddp"  # fsdp shards parameters, gradients and optimizer state
+    shuffle_buffer: int = 1000  # samples in each worker's seeded shuffle buffer; 0 reads in shard order
+    samples_per_epoch: int | None = None  # resampled epochs of this many samples; None: every shard once
+    checkpoint_every_steps: int | None = None  # also checkpoint mid-epoch every this many steps
+    checkpoint_every_minutes: float | None = None  # ... or when this much time has passed since the last one
+    sample_log_dir: str | None = None  # if set, each rank appends "epoch step sample_ids..." per step here
+    max_failures: int = 0  # worker-group restarts Ray Train may make, each resuming from the latest checkpoint
     num_workers: int = 2  # Ray Train workers (processes)
     cpus_per_worker: float = 1.0
     use_gpu: bool = False

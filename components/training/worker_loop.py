@@ -1,10 +1,12 @@
 """The one Ray Train worker loop that trains every task.
 
 Each worker builds the task and its model, wraps it for data parallelism
-(DDP or FSDP), reads its split of the ``train`` dataset in micro-batches,
-and takes optimizer steps through ``OptimizerStep``. After every epoch all
-ranks gather the full weights and rank 0 reports the checkpoint. Only rank
-0 talks to MLflow.
+(DDP or FSDP), and reads its own planned shards (see
+``components/data/shard_plan.py``) in micro-batches, taking optimizer steps
+through ``OptimizerStep``. Checkpoints hold the weights, the optimizer,
+schedule and scaler state, and the data position; a worker group restarted
+by Ray Train resumes from the latest one and skips exactly the batches it
+had trained on. Only rank 0 writes checkpoints and talks to MLflow.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from pathlib import Path
 from typing import Any, Iterator
 
 import ray.train
@@ -19,12 +22,21 @@ import ray.train.torch
 import torch
 from pydantic import TypeAdapter
 
-from components.training.checkpoint import save_checkpoint_state
+from components.data.rank_reader import SAMPLE_ID, rank_batches
+from components.data.shard_plan import ShardRef, epoch_shards, rank_shards, read_shard_refs, steps_in_epoch
+from components.training.checkpoint import load_weights, save_checkpoint_state
 from components.training.optimizers import build_adamw
-from components.training.parallel import full_state_dict, wrap_model
+from components.training.parallel import full_state_dict, load_full_state_dict, wrap_model
 from components.training.registry import build_task
 from components.training.schedules import build_scheduler
 from components.training.train_config import TrainConfig
+from components.training.train_state import (
+    capture_train_state,
+    load_train_state,
+    restore_train_state,
+    save_train_state,
+    step_seed,
+)
 from components.training.train_step import OptimizerStep
 
 log = logging.getLogger("tvp.train")
@@ -40,63 +52,118 @@ def _grouped(batches: Iterator[dict], size: int) -> Iterator[list[dict]]:
             group = []
 
 
+class _EpochPlans:
+    """Each epoch's shard order and step count, computed identically on every rank."""
+
+    def __init__(self, config: dict[str, Any], cfg: TrainConfig, world: int):
+        self.sources = [read_shard_refs(path) for path, _ in config["sources"]]
+        self.weights = [float(w) for _, w in config["sources"]] if len(config["sources"]) > 1 else None
+        self.cfg, self.world = cfg, world
+
+    def shards(self, epoch: int) -> list[ShardRef]:
+        return epoch_shards(self.sources, self.weights, self.cfg.seed, epoch, self.cfg.samples_per_epoch)
+
+    def steps(self, epoch: int) -> int:
+        return steps_in_epoch(self.shards(epoch), self.world, self.cfg.micro_batch_size * self.cfg.grad_accum_steps)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """``config``: ``task``, ``task_config``, ``files``, ``train`` (TrainConfig fields),
-    ``samples_per_epoch``, and optionally ``tracking_uri`` + ``run_id`` for rank 0 to log to."""
+    """``config``: ``task``, ``task_config``, ``files``, ``train`` (TrainConfig fields), ``sources``
+    ([shard set path, weight] pairs), and optionally ``tracking_uri`` + ``run_id`` for rank 0 to log to."""
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     cfg = TypeAdapter(TrainConfig).validate_python(config["train"])
     task = build_task(config["task"], config["task_config"], config["files"])
     device = ray.train.torch.get_device()
-    torch.manual_seed(cfg.seed)  # same initial weights on every rank
+    plans = _EpochPlans(config, cfg, world)
+    total_steps = sum(plans.steps(e) for e in range(1, cfg.epochs + 1))
 
+    torch.manual_seed(cfg.seed)  # same initial weights on every rank
     model = wrap_model(task.build_model(), cfg.parallelism, device)
     optimizer = build_adamw(model, cfg.lr, cfg.weight_decay, cfg.backbone_lr, task.backbone_prefixes)
-    steps_per_epoch = (config["samples_per_epoch"] // world) // (cfg.micro_batch_size * cfg.grad_accum_steps)
-    scheduler = build_scheduler(optimizer, max(1, steps_per_epoch * cfg.epochs), cfg.warmup_steps, cfg.schedule,
+    scheduler = build_scheduler(optimizer, max(1, total_steps), cfg.warmup_steps, cfg.schedule,
                                 cfg.lr_step_every, cfg.lr_step_gamma)
     step_fn = OptimizerStep(model, task.loss, optimizer, scheduler, cfg.precision, cfg.grad_clip_norm, device)
+
+    position = {"epoch": 1, "epoch_step": 0, "step": 0}
+    resumed = ray.train.get_checkpoint()
+    if resumed:
+        with resumed.as_directory() as path:
+            weights_holder = task.build_model()
+            load_weights(path, weights_holder)
+            load_full_state_dict(model, weights_holder.state_dict())
+            state = load_train_state(path)
+            if state is not None:
+                position = restore_train_state(model, step_fn, state)
 
     tracker = None
     if rank == 0:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
+        if resumed:
+            log.info("resuming at epoch %d, step %d", position["epoch"], position["step"])
         if config.get("run_id"):
             from components.tracking.run_tracker import RunTracker  # MLflow only where it is used
 
             tracker = RunTracker(config["tracking_uri"], config["run_id"])
 
-    data = ray.train.get_dataset_shard("train")
-    step = 0
-    for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        started, samples, loss_sum, steps = time.perf_counter(), 0, 0.0, 0
-        batches = data.iter_torch_batches(batch_size=cfg.micro_batch_size, drop_last=True, device="cpu")
-        for micro_batches in _grouped(iter(batches), cfg.grad_accum_steps):
-            metrics = step_fn(micro_batches)
-            step += 1
-            steps += 1
-            samples += cfg.batch_size
-            loss_sum += metrics["loss"]
-            if tracker and step % cfg.log_every == 0:
-                tracker.log_metrics(metrics, step)
-        elapsed = time.perf_counter() - started
-        epoch_metrics = {
-            "epoch": epoch,
-            "step": step,
-            "train_loss": loss_sum / max(1, steps),
-            "samples_per_s": samples / elapsed if elapsed > 0 else 0.0,
-        }
-        weights = full_state_dict(model)  # a collective under FSDP: every rank takes part
+    def report(metrics: dict[str, float]) -> None:
+        weights = full_state_dict(model)  # collectives under FSDP: every rank takes part
+        state = capture_train_state(model, step_fn, position)
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:
-                save_checkpoint_state(tmp, weights, task.name, task.config_dict(), task.files,
-                                      position={"epoch": epoch, "step": step})
+                save_checkpoint_state(tmp, weights, task.name, task.config_dict(), task.files, position=position)
+                save_train_state(tmp, state)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
-                if tracker:
-                    tracker.log_metrics({k: v for k, v in epoch_metrics.items() if k != "step"}, step)
-                log.info(
-                    "epoch %d/%d  step %d  loss %.4f  %.0f samples/s",
-                    epoch, cfg.epochs, step, epoch_metrics["train_loss"], epoch_metrics["samples_per_s"],
-                )
-            ray.train.report(epoch_metrics, checkpoint=checkpoint)
+            ray.train.report({**metrics, **position}, checkpoint=checkpoint)
+
+    sample_log = None
+    if cfg.sample_log_dir:
+        Path(cfg.sample_log_dir).mkdir(parents=True, exist_ok=True)
+        sample_log = open(Path(cfg.sample_log_dir) / f"rank{rank}.log", "a")
+
+    last_checkpoint = time.monotonic()
+    step = position["step"]
+    for epoch in range(position["epoch"], cfg.epochs + 1):
+        model.train()
+        steps_this_epoch = plans.steps(epoch)
+        done = position["epoch_step"] if epoch == position["epoch"] else 0
+        batches = rank_batches(
+            rank_shards(plans.shards(epoch), rank, world), task.columns, task.transform_batch,
+            cfg.micro_batch_size, cfg.shuffle_buffer, seed=step_seed(cfg.seed, rank, epoch),
+            skip=done * cfg.grad_accum_steps,
+        )
+        started, samples, loss_sum, steps = time.perf_counter(), 0, 0.0, 0
+        for micro_batches in _grouped(batches, cfg.grad_accum_steps):
+            if done >= steps_this_epoch:
+                break
+            ids = [int(i) for batch in micro_batches for i in batch.pop(SAMPLE_ID)]
+            if sample_log:
+                sample_log.write(f"{epoch} {step + 1} {' '.join(map(str, ids))}\n")
+                sample_log.flush()
+            torch.manual_seed(step_seed(cfg.seed, rank, step))
+            metrics = step_fn(micro_batches)
+            step, done, steps = step + 1, done + 1, steps + 1
+            samples += cfg.batch_size
+            loss_sum += metrics["loss"]
+            position = {"epoch": epoch, "epoch_step": done, "step": step}
+            if tracker and step % cfg.log_every == 0:
+                tracker.log_metrics(metrics, step)
+            due_steps = cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0
+            due_time = cfg.checkpoint_every_minutes and time.monotonic() - last_checkpoint > 60 * cfg.checkpoint_every_minutes
+            if done < steps_this_epoch and (due_steps or due_time):
+                report({"train_loss": metrics["loss"]})
+                last_checkpoint = time.monotonic()
+        elapsed = time.perf_counter() - started
+        position = {"epoch": epoch + 1, "epoch_step": 0, "step": step}
+        epoch_metrics = {
+            "train_loss": loss_sum / max(1, steps),
+            "samples_per_s": samples / elapsed if elapsed > 0 else 0.0,
+        }
+        if rank == 0:
+            if tracker:
+                tracker.log_metrics({**epoch_metrics, "epoch": epoch}, step)
+            log.info("epoch %d/%d  step %d  loss %.4f  %.0f samples/s",
+                     epoch, cfg.epochs, step, epoch_metrics["train_loss"], epoch_metrics["samples_per_s"])
+        report(epoch_metrics)
+        last_checkpoint = time.monotonic()

@@ -1,0 +1,85 @@
+"""Which shards each training worker reads, in which order: a pure function of (seed, epoch, rank).
+
+Every epoch the shard list is shuffled with a seed derived from (seed,
+epoch) and dealt out round-robin to the ranks, so every rank knows its own
+samples and their order without talking to the others. That makes a data
+position exact: (epoch, steps taken in the epoch) says which samples were
+seen, and a resumed run skips exactly those.
+
+Several shard sets can be mixed: with weights, each epoch draws shards with
+replacement (open_clip's "resampled" mode) until ``samples_per_epoch`` is
+reached; without weights every shard of every set is read once per epoch.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ShardRef:
+    url: str
+    num_samples: int
+
+
+@dataclass(frozen=True)
+class ShardSource:
+    """A finished shard set and its sampling weight when sets are mixed."""
+
+    path: str
+    weight: float = 1.0
+
+
+def read_shard_refs(shard_dir: str | Path) -> list[ShardRef]:
+    sizes = json.loads((Path(shard_dir) / "sizes.json").read_text())
+    root = Path(shard_dir).resolve()
+    return [ShardRef(str(root / name), int(count)) for name, count in sorted(sizes.items())]
+
+
+def _rng(*key: int) -> np.random.Generator:
+    return np.random.default_rng([abs(k) for k in key])
+
+
+def epoch_shards(
+    sources: list[list[ShardRef]],
+    weights: list[float] | None,
+    seed: int,
+    epoch: int,
+    samples_per_epoch: int | None = None,
+) -> list[ShardRef]:
+    """The shards of one epoch in reading order (before they are dealt to ranks)."""
+    rng = _rng(seed, epoch)
+    if samples_per_epoch is None:
+        if weights is not None and len(set(weights)) > 1:
+            raise ValueError("mixing shard sets with different weights needs samples_per_epoch (resampled epochs)")
+        every = [ref for refs in sources for ref in refs]
+        return [every[i] for i in rng.permutation(len(every))]
+    probabilities = np.asarray(weights or [1.0] * len(sources), dtype=float)
+    if (probabilities <= 0).any():
+        raise ValueError("shard set weights must be positive")
+    probabilities /= probabilities.sum()
+    drawn: list[ShardRef] = []
+    total = 0
+    while total < samples_per_epoch:
+        refs = sources[rng.choice(len(sources), p=probabilities)]
+        ref = refs[rng.integers(len(refs))]
+        drawn.append(ref)
+        total += ref.num_samples
+    return drawn
+
+
+def rank_shards(plan: list[ShardRef], rank: int, world: int) -> list[ShardRef]:
+    """Rank ``rank``'s share of an epoch's shards, dealt round-robin."""
+    if len(plan) < world:
+        raise ValueError(f"{len(plan)} shards cannot feed {world} workers: write smaller shards or use fewer workers")
+    return plan[rank::world]
+
+
+def steps_in_epoch(plan: list[ShardRef], world: int, samples_per_rank_step: int) -> int:
+    """Optimizer steps every rank can take: the rank with the fewest samples sets it (DDP needs equal steps)."""
+    per_rank = [sum(ref.num_samples for ref in rank_shards(plan, r, world)) for r in range(world)]
+    return min(per_rank) // samples_per_rank_step

@@ -1,0 +1,32 @@
+"""A training driver the recovery test can kill and start again: ``python -m tests.e2e.train_driver SPEC``.
+
+SPEC is a JSON file with the task (name, config, files), the TrainConfig
+fields, the shard folder, storage path, run name, tracking URI and experiment.
+"""
+
+import json
+import sys
+
+from cluster.ray_cluster import connect
+from components.data.shard_plan import ShardSource
+from components.tracking.run_tracker import RunTracker
+from components.training.ray_trainer import fit
+from components.training.registry import build_task
+from pydantic import TypeAdapter
+from components.training.train_config import TrainConfig
+
+
+def main(spec_path: str) -> None:
+    spec = json.loads(open(spec_path).read())
+    connect()
+    task = build_task(spec["task"], spec["task_config"], spec["files"])
+    cfg = TypeAdapter(TrainConfig).validate_python(spec["train"])
+    tracker = RunTracker.create(spec["tracking_uri"], spec["experiment"], spec["run_name"])
+    fit(task, cfg, [ShardSource(spec["shards"])], spec["storage"], spec["run_name"],
+        tracking={"tracking_uri": spec["tracking_uri"], "run_id": tracker.run_id})
+    tracker.finish()
+    print("TRAINING DONE", tracker.run_id)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
