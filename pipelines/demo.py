@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -29,6 +30,7 @@ from components.tracking.tracking_store import (
     TrackingUnavailable,
     resolve_tracking_uri,
 )
+from components.training.checkpoint import copy_model_files
 from components.training.clip_task import TOKENIZER_FILE, ClipTask, ClipTaskConfig
 from components.training.ray_trainer import fit
 from components.training.registry import load_task_and_model
@@ -134,7 +136,8 @@ def run_demo(
             tracker.log_metrics({"zero_shot_top1": metrics["zero_shot_top1"], "chance_top1": chance}, step=0)
 
             echo("[5/5] registering the checkpoint in the MLflow model registry")
-            source = tracker.log_artifacts(checkpoint_dir, "checkpoint")
+            with tempfile.TemporaryDirectory() as model_dir:
+                source = tracker.log_artifacts(copy_model_files(checkpoint_dir, model_dir), "checkpoint")
         version = register_checkpoint(
             tracker.client, cfg.tracking.registered_model, source, tracker.run_id,
             tags={**lineage, "zero_shot_top1": f"{metrics['zero_shot_top1']:.4f}"},

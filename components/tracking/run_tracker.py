@@ -9,6 +9,8 @@ from typing import Any, Mapping
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from components.tracking.redaction import redact
+
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a parameter value
 BATCH_LIMIT = 100  # params per log_batch call
 RUN_NAME_TAG = "tvp.run_name"  # the training run's name, shared with Ray Train's RunConfig(name=...)
@@ -63,7 +65,8 @@ class RunTracker:
         return cls(tracking_uri, run.info.run_id)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        items = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in flatten(params).items()]
+        """Log a (nested) config as dotted parameters, secrets masked."""
+        items = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in flatten(redact(params)).items()]
         for start in range(0, len(items), BATCH_LIMIT):
             self.client.log_batch(self.run_id, params=items[start : start + BATCH_LIMIT])
 

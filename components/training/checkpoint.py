@@ -8,6 +8,7 @@ files the task needs to rebuild itself (a tokenizer, say).
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -76,3 +77,13 @@ def load_weights(path: str | Path, model: nn.Module) -> None:
     """Load ``model.safetensors`` into ``model``; every key must match."""
     state: dict[str, torch.Tensor] = load_file(str(Path(path) / WEIGHTS_FILE))
     model.load_state_dict(state, strict=True)
+
+
+def copy_model_files(src: str | Path, dst: str | Path) -> Path:
+    """Copy what inference and fine-tuning need (weights, config, task files), leaving training state behind."""
+    config = read_checkpoint_config(src)
+    out = Path(dst)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in [WEIGHTS_FILE, CONFIG_FILE, *config["files"]]:
+        shutil.copyfile(Path(src) / name, out / name)
+    return out

@@ -69,6 +69,9 @@ class ClipTask(Task):
         loss = clip_loss(image_emb, text_emb, scale)
         return loss, {"loss": loss.item(), "logit_scale": scale.item()}
 
+    def count_tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        return int((batch["tokens"] != self.config.model.text.pad_id).sum())
+
     @torch.no_grad()
     def evaluate(self, model: nn.Module, samples: Iterable[dict[str, Any]]) -> dict[str, float]:
         """Zero-shot top-1 on labelled samples: ``json`` holds ``label`` and ``label_name``."""

@@ -63,6 +63,12 @@ def fit(
             name=run_name,
             storage_path=str(Path(storage_path).resolve()),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            # Ray Train keeps the latest checkpoint besides the best ``num_to_keep``.
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=cfg.keep_checkpoints,
+                checkpoint_score_attribute=cfg.checkpoint_metric,
+                checkpoint_score_order=cfg.checkpoint_metric_mode,
+            ),
         ),
     )
     result = trainer.fit()

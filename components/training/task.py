@@ -45,6 +45,10 @@ class Task(ABC):
     @abstractmethod
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]: ...
 
+    def count_tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        """Text tokens in a batch, for tokens/s; 0 for tasks without text."""
+        return 0
+
     @abstractmethod
     def evaluate(self, model: nn.Module, samples: Iterable[dict[str, Any]]) -> dict[str, float]:
         """Metrics of ``model`` on raw webdataset samples (member name → bytes)."""

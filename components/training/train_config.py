@@ -25,6 +25,9 @@ class TrainConfig:
     samples_per_epoch: int | None = None  # resampled epochs of this many samples; None: every shard once
     checkpoint_every_steps: int | None = None  # also checkpoint mid-epoch every this many steps
     checkpoint_every_minutes: float | None = None  # ... or when this much time has passed since the last one
+    keep_checkpoints: int | None = 1  # best checkpoints kept besides the latest (always kept); None keeps all
+    checkpoint_metric: str = "train_loss"  # what "best" means: a metric every checkpoint report carries
+    checkpoint_metric_mode: Literal["min", "max"] = "min"
     sample_log_dir: str | None = None  # if set, each rank appends "epoch step sample_ids..." per step here
     max_failures: int = 0  # worker-group restarts Ray Train may make, each resuming from the latest checkpoint
     num_workers: int = 2  # Ray Train workers (processes)

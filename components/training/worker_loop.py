@@ -37,6 +37,7 @@ from components.training.train_state import (
     save_train_state,
     step_seed,
 )
+from components.training.throughput import EpochMeter
 from components.training.train_step import OptimizerStep
 
 log = logging.getLogger("tvp.train")
@@ -133,19 +134,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             cfg.micro_batch_size, cfg.shuffle_buffer, seed=step_seed(cfg.seed, rank, epoch),
             skip=done * cfg.grad_accum_steps,
         )
-        started, samples, loss_sum, steps = time.perf_counter(), 0, 0.0, 0
-        for micro_batches in _grouped(batches, cfg.grad_accum_steps):
-            if done >= steps_this_epoch:
+        meter = EpochMeter()
+        groups = _grouped(batches, cfg.grad_accum_steps)
+        while done < steps_this_epoch:
+            waited = time.perf_counter()
+            micro_batches = next(groups, None)
+            meter.wait(time.perf_counter() - waited)
+            if micro_batches is None:
                 break
             ids = [int(i) for batch in micro_batches for i in batch.pop(SAMPLE_ID)]
             if sample_log:
                 sample_log.write(f"{epoch} {step + 1} {' '.join(map(str, ids))}\n")
                 sample_log.flush()
             torch.manual_seed(step_seed(cfg.seed, rank, step))
+            tokens = sum(task.count_tokens(batch) for batch in micro_batches)
             metrics = step_fn(micro_batches)
-            step, done, steps = step + 1, done + 1, steps + 1
-            samples += cfg.batch_size
-            loss_sum += metrics["loss"]
+            step, done = step + 1, done + 1
+            meter.step(len(ids), tokens, metrics["loss"])
             position = {"epoch": epoch, "epoch_step": done, "step": step}
             if tracker and step % cfg.log_every == 0:
                 tracker.log_metrics(metrics, step)
@@ -154,16 +159,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if done < steps_this_epoch and (due_steps or due_time):
                 report({"train_loss": metrics["loss"]})
                 last_checkpoint = time.monotonic()
-        elapsed = time.perf_counter() - started
         position = {"epoch": epoch + 1, "epoch_step": 0, "step": step}
-        epoch_metrics = {
-            "train_loss": loss_sum / max(1, steps),
-            "samples_per_s": samples / elapsed if elapsed > 0 else 0.0,
-        }
+        epoch_metrics = meter.metrics(device)
         if rank == 0:
             if tracker:
                 tracker.log_metrics({**epoch_metrics, "epoch": epoch}, step)
-            log.info("epoch %d/%d  step %d  loss %.4f  %.0f samples/s",
-                     epoch, cfg.epochs, step, epoch_metrics["train_loss"], epoch_metrics["samples_per_s"])
+            log.info("epoch %d/%d  step %d  loss %.4f  %.0f samples/s  data wait %.0f%%",
+                     epoch, cfg.epochs, step, epoch_metrics["train_loss"], epoch_metrics["samples_per_s"],
+                     100 * epoch_metrics["data_wait_fraction"])
         report(epoch_metrics)
         last_checkpoint = time.monotonic()

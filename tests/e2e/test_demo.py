@@ -44,6 +44,7 @@ def test_one_finished_run_records_config_lineage_and_metrics(demo_run):
     losses = client.get_metric_history(summary["run_id"], "loss")
     assert len(losses) >= 10 and losses[-1].value < losses[0].value
     assert run.data.metrics["zero_shot_top1"] == summary["zero_shot_top1"]
+    assert run.data.metrics["tokens_per_s"] > 0 and 0 <= run.data.metrics["data_wait_fraction"] <= 1
     runs = client.search_runs([run.info.experiment_id])
     assert [r.info.run_id for r in runs] == [summary["run_id"]]
 
@@ -53,7 +54,7 @@ def test_registered_model_loads_back_and_reproduces_the_logged_accuracy(demo_run
     uri = f"models:/{summary['registered_model']}@latest"
     checkpoint = download_registered_checkpoint(uri, tmp_path / "ckpt", summary["tracking_uri"])
     names = sorted(p.name for p in checkpoint.iterdir())
-    assert names == ["config.json", "model.safetensors", "tokenizer.json"]  # weights + JSON, nothing pickled
+    assert names == ["config.json", "model.safetensors", "tokenizer.json"]  # weights + JSON; no optimizer state
     assert json.loads((checkpoint / "config.json").read_text())["format_version"] == 1
     task, model = load_task_and_model(checkpoint)
     metrics = task.evaluate(model, iter_samples(summary["heldout_shards_dir"]))

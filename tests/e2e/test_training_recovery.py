@@ -151,3 +151,10 @@ def test_worker_and_driver_failures_resume_exactly_with_one_mlflow_run(ray_addre
     assert len(runs) == 1 and runs[0].info.status == "FINISHED" and runs[0].data.tags["tvp.resumed"] == "1"
     logged = sorted({m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")})
     assert logged == list(range(1, total + 1))
+    metrics = runs[0].data.metrics
+    assert 0 <= metrics["data_wait_fraction"] <= 1 and metrics["tokens_per_s"] > 0 and metrics["samples_per_s"] > 0
+    assert metrics["peak_memory_mb_worker0"] > 50 and metrics["peak_memory_mb_worker1"] > 50
+
+    snapshot = json.loads((tmp_path / "storage" / "recovery" / "checkpoint_manager_snapshot.json").read_text())
+    kept = [result["metrics"]["step"] for result in snapshot["checkpoint_results"]]
+    assert total in kept and len(kept) <= 2  # the latest and the best by train_loss
