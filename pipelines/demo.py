@@ -142,7 +142,9 @@ def run_demo(
             tracker.client, cfg.tracking.registered_model, source, tracker.run_id,
             tags={**lineage, "zero_shot_top1": f"{metrics['zero_shot_top1']:.4f}"},
         )
-        tracker.finish("FINISHED")
+        gap = tracker.finish("FINISHED")
+        if gap["undelivered"]:
+            echo(f"  warning: {gap['undelivered']} metric values could not be delivered to {tracking_uri}")
     except BaseException:
         tracker.finish("FAILED")
         raise

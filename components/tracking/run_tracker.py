@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
+import requests
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from components.tracking.redaction import redact
 
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a parameter value
 BATCH_LIMIT = 100  # params per log_batch call
+METRIC_BATCH_LIMIT = 1000  # metrics per log_batch call (MLflow's limit)
+UNAVAILABLE = (MlflowException, OSError, requests.exceptions.RequestException)  # what a dead server raises
+log = logging.getLogger("tvp.tracking")
 RUN_NAME_TAG = "tvp.run_name"  # the training run's name, shared with Ray Train's RunConfig(name=...)
 RESUMED_TAG = "tvp.resumed"  # how many times a restarted driver continued this run
 
@@ -30,10 +36,16 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 class RunTracker:
+    """Logs to one run. Metrics that cannot be delivered (the server is down) wait in a backlog
+    and go out, in order, with the next call that gets through; training never stops for tracking."""
+
     def __init__(self, tracking_uri: str, run_id: str):
         self.tracking_uri = tracking_uri
         self.run_id = run_id
         self.client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+        self.backlog: list[Metric] = []
+        self.delivered_late = 0
+        self._down = False
 
     @classmethod
     def create(
@@ -70,10 +82,31 @@ class RunTracker:
         for start in range(0, len(items), BATCH_LIMIT):
             self.client.log_batch(self.run_id, params=items[start : start + BATCH_LIMIT])
 
+    @property
+    def pending(self) -> int:
+        """Metric values waiting for the tracking server."""
+        return len(self.backlog)
+
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        self.client.log_batch(self.run_id, metrics=items)
+        self._deliver([Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def _deliver(self, metrics: list[Metric]) -> None:
+        """Send the backlog, then ``metrics``; keep whatever the server did not take."""
+        waiting = len(self.backlog)
+        self.backlog.extend(metrics)
+        while self.backlog:
+            batch = self.backlog[:METRIC_BATCH_LIMIT]
+            try:
+                self.client.log_batch(self.run_id, metrics=batch)
+            except UNAVAILABLE as exc:
+                if not self._down:
+                    log.warning("tracking server unreachable, buffering metrics: %s", str(exc).splitlines()[0])
+                self._down = True
+                return
+            del self.backlog[: len(batch)]
+        self.delivered_late += waiting
+        self._down = False
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
@@ -86,5 +119,16 @@ class RunTracker:
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, text, artifact_file)
 
-    def finish(self, status: str = "FINISHED") -> None:
-        self.client.set_terminated(self.run_id, status)
+    def flush(self) -> dict[str, int]:
+        """Try the backlog once more; return the tracking gap: metrics undelivered and delivered late."""
+        self._deliver([])
+        return {"undelivered": self.pending, "delivered_late": self.delivered_late}
+
+    def finish(self, status: str = "FINISHED") -> dict[str, int]:
+        """End the run; return the tracking gap (see ``flush``)."""
+        gap = self.flush()
+        try:
+            self.client.set_terminated(self.run_id, status)
+        except UNAVAILABLE as exc:
+            log.warning("could not mark run %s %s: %s", self.run_id, status, str(exc).splitlines()[0])
+        return gap

@@ -169,3 +169,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                      100 * epoch_metrics["data_wait_fraction"])
         report(epoch_metrics)
         last_checkpoint = time.monotonic()
+
+    if tracker:
+        gap = tracker.flush()
+        if gap["undelivered"] or gap["delivered_late"]:
+            log.warning("tracking gap: %(undelivered)d metric values never reached MLflow, %(delivered_late)d arrived late", gap)
