@@ -12,6 +12,8 @@ examples:
   tvp demo                                  run the whole demo in ./tvp-demo
   tvp demo --workdir /tmp/d --set train.epochs=3
   tvp ingest image-text pairs.parquet --output shards/ --image-size 224
+  tvp evaluate models:/tvp-demo-clip@latest --data tvp-demo/shards/heldout
+  tvp promote models:/tvp-demo-clip@latest --metric zero_shot_top1
   RAY_ADDRESS=127.0.0.1:6379 tvp demo       use a running Ray cluster
   MLFLOW_TRACKING_URI=http://127.0.0.1:5000 tvp demo   log to an MLflow server
 """
@@ -68,7 +70,66 @@ def _build_parser() -> argparse.ArgumentParser:
     image_text.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality of stored images (default: 95)")
     image_text.add_argument("--rows-per-shard", type=int, default=10_000, help="input rows per shard (default: 10000)")
     _add_address(image_text)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="evaluate a registered model version on a shard set and record the metrics on the version",
+        description=(
+            "Download the checkpoint behind MODEL_URI, run its task's own evaluation (zero-shot top-1 for CLIP) "
+            "on the shard set, print the metrics and store them as eval.* tags on the version, with the shard "
+            "set's content hash."
+        ),
+    )
+    evaluate.add_argument("model_uri", metavar="MODEL_URI", help="models:/NAME@ALIAS or models:/NAME/VERSION")
+    evaluate.add_argument("--data", required=True, help="a finished shard set (with manifest.json)")
+    _add_workdir(evaluate)
+
+    promote = commands.add_parser(
+        "promote",
+        help="move the champion alias to a version if its evaluation beats the champion's",
+        description=(
+            "Compare MODEL_URI's recorded evaluation of --metric with the current champion's (measured on the "
+            "same data) and move the alias only if it is strictly better. The decision and its reason are "
+            "written on the version's 'promotion' tag either way."
+        ),
+    )
+    promote.add_argument("model_uri", metavar="MODEL_URI", help="models:/NAME@ALIAS or models:/NAME/VERSION")
+    promote.add_argument("--metric", required=True, help="an evaluated metric, e.g. zero_shot_top1")
+    promote.add_argument("--mode", choices=["max", "min"], default="max", help="higher or lower is better (default: max)")
+    promote.add_argument("--alias", default="champion", help="the alias to move (default: champion)")
+    _add_workdir(promote)
     return parser
+
+
+def _add_workdir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workdir", default="tvp-demo",
+                        help="work directory whose MLflow store to use unless MLFLOW_TRACKING_URI is set (default: ./tvp-demo)")
+
+
+def _tracking_uri(workdir: str) -> str:
+    from components.tracking.tracking_store import check_tracking_server, configure_fast_failure, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(workdir)
+    configure_fast_failure()
+    check_tracking_server(uri)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise _usage_error(f"no MLflow store at {uri}: run tvp demo first, or set MLFLOW_TRACKING_URI")
+    return uri
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from pipelines.evaluate import evaluate_registered
+
+    metrics = evaluate_registered(args.model_uri, args.data, _tracking_uri(args.workdir))
+    for name, value in sorted(metrics.items()):
+        print(f"{name}: {value:.4f}")
+
+
+def _promote(args: argparse.Namespace) -> None:
+    from pipelines.evaluate import promote_registered
+
+    promoted, reason = promote_registered(args.model_uri, args.metric, args.mode, args.alias, _tracking_uri(args.workdir))
+    print(("promoted: " if promoted else "not promoted: ") + reason)
 
 
 def _print_summary(summary: dict) -> None:
@@ -116,22 +177,27 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from components.data.image_text_table import TableError
     from components.data.shard_reader import ShardSetError
     from components.tracking.tracking_store import TrackingUnavailable
+    from mlflow.exceptions import MlflowException
+
+    from components.tracking.promotion import PromotionError
     from components.training.checkpoint import CheckpointError
     from pipelines.config import ConfigError
 
-    return ConfigError, TableError, ShardSetError, TrackingUnavailable, CheckpointError
+    return ConfigError, TableError, ShardSetError, TrackingUnavailable, CheckpointError, PromotionError, MlflowException
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep logs and pipes readable
     if not getattr(args, "address", None) and not os.environ.get("RAY_ADDRESS"):
         from cluster.loopback import use_loopback_only
 
         use_loopback_only()  # our own local Ray instance stays on 127.0.0.1
     try:
-        {"demo": _demo, "ingest": _ingest}[args.command](args)
+        {"demo": _demo, "ingest": _ingest, "evaluate": _evaluate, "promote": _promote}[args.command](args)
     except _known_errors() as exc:
-        print(f"tvp: error: {exc}", file=sys.stderr)
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        print(f"tvp: error: {lines[0]}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tvp: interrupted", file=sys.stderr)
