@@ -1,0 +1,142 @@
+"""bf16 training throughput and model FLOPs utilisation (MFU) on one GPU, per model at base size.
+
+Imports only torch-level code (``components.models``, ``components.losses``),
+so it runs wherever PyTorch runs. Each model is measured side by side with a
+reference of the same shape built from torch's own ``nn.TransformerEncoder``
+layers. Without a GPU it says so and exits cleanly; ``--device cpu --size
+tiny`` smoke-tests the script itself.
+
+Run: ``python benchmarks/gpu_mfu.py [--batch 128] [--steps 30]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from components.losses.contrastive import clip_loss  # noqa: E402
+from components.models.clip import CLIP, CLIPConfig, TextConfig  # noqa: E402
+from components.models.vit import ViTConfig  # noqa: E402
+
+# Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets.
+PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}
+
+SIZES = {
+    # CLIP ViT-B/16: the image and text towers of the original paper.
+    "base": CLIPConfig(embed_dim=512, vision=ViTConfig(224, 16, 768, 12, 12), text=TextConfig(49408, 77, 512, 12, 8)),
+    "tiny": CLIPConfig(embed_dim=32, vision=ViTConfig(32, 8, 64, 2, 2), text=TextConfig(512, 16, 64, 2, 2)),
+}
+
+
+class ReferenceTower(nn.Module):
+    """A pre-norm tower from torch's own TransformerEncoder: the same shapes as tvp's blocks."""
+
+    def __init__(self, width: int, layers: int, heads: int):
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.norm(self.encoder(x, mask=mask, is_causal=mask is not None))
+
+
+class ReferenceCLIP(nn.Module):
+    def __init__(self, cfg: CLIPConfig):
+        super().__init__()
+        v, t = cfg.vision, cfg.text
+        self.patch = nn.Conv2d(3, v.width, v.patch_size, v.patch_size)
+        self.cls = nn.Parameter(torch.zeros(1, 1, v.width))
+        self.vpos = nn.Parameter(torch.zeros(1, (v.image_size // v.patch_size) ** 2 + 1, v.width))
+        self.visual = ReferenceTower(v.width, v.layers, v.heads)
+        self.tok = nn.Embedding(t.vocab_size, t.width)
+        self.tpos = nn.Parameter(torch.zeros(1, t.context_length, t.width))
+        self.text = ReferenceTower(t.width, t.layers, t.heads)
+        self.vproj = nn.Linear(v.width, cfg.embed_dim, bias=False)
+        self.tproj = nn.Linear(t.width, cfg.embed_dim, bias=False)
+        self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(t.context_length), persistent=False)
+
+    def forward(self, images, tokens):
+        x = self.patch(images).flatten(2).transpose(1, 2)
+        x = self.visual(torch.cat([self.cls.expand(len(x), -1, -1), x], 1) + self.vpos)[:, 0]
+        y = self.text(self.tok(tokens) + self.tpos, self.mask)
+        y = y[torch.arange(len(y), device=y.device), (tokens != 0).sum(1) - 1]
+        return F.normalize(self.vproj(x), dim=-1), F.normalize(self.tproj(y), dim=-1), torch.tensor(14.3, device=x.device)
+
+
+def tower_flops(tokens: int, width: int, layers: int) -> float:
+    """Forward FLOPs of one sequence: QKV/out/MLP matmuls (24·T·d²) plus attention scores and mixing (4·T²·d)."""
+    return layers * (24 * tokens * width**2 + 4 * tokens**2 * width)
+
+
+def clip_train_flops(cfg: CLIPConfig, batch: int) -> float:
+    v, t = cfg.vision, cfg.text
+    patches = (v.image_size // v.patch_size) ** 2
+    forward = (tower_flops(patches + 1, v.width, v.layers) + 2 * patches * 3 * v.patch_size**2 * v.width
+               + tower_flops(t.context_length, t.width, t.layers))
+    return 3 * forward * batch  # backward costs about twice the forward
+
+
+def measure(model: nn.Module, cfg: CLIPConfig, batch: int, steps: int, warmup: int, device: torch.device) -> float:
+    """Steady-state bf16 training samples/s."""
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    images = torch.randn(batch, 3, cfg.vision.image_size, cfg.vision.image_size, device=device)
+    tokens = torch.randint(3, cfg.text.vocab_size, (batch, cfg.text.context_length), device=device)
+    for i in range(warmup + steps):
+        if i == warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            loss = clip_loss(*model(images, tokens))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return batch * steps / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--size", choices=sorted(SIZES), default="base")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    args = parser.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("gpu_mfu: no GPU here; nothing measured (use --device cpu --size tiny to smoke-test the script)")
+        return
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    peak = next((p for key, p in PEAK_BF16.items() if key in name), None)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    cfg = SIZES[args.size]
+    flops = clip_train_flops(cfg, 1)
+    print(f"device: {name}; CLIP {args.size}, batch {args.batch}, bf16 autocast, {args.steps} timed steps")
+    rates = {}
+    for label, build in (("tvp", lambda: CLIP(cfg)), ("reference", lambda: ReferenceCLIP(cfg))):
+        torch.manual_seed(0)
+        rates[label] = measure(build(), cfg, args.batch, args.steps, args.warmup, device)
+        achieved = rates[label] * flops
+        mfu = f"{achieved / peak:.1%}" if peak else "n/a (unknown peak)"
+        print(f"  {label:9s} {rates[label]:9.1f} samples/s  {achieved / 1e12:8.2f} TFLOP/s  MFU {mfu}")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    print(f"RESULT metric=clip_{args.size}_bf16_train_samples_per_s tvp={rates['tvp']:.1f} "
+          f"reference={rates['reference']:.1f} ratio={rates['tvp'] / rates['reference']:.3f} better=higher")
+
+
+if __name__ == "__main__":
+    main()
