@@ -12,6 +12,7 @@ examples:
   tvp demo                                  run the whole demo in ./tvp-demo
   tvp demo --workdir /tmp/d --set train.epochs=3
   tvp ingest image-text pairs.parquet --output shards/ --image-size 224
+  tvp train clip --data tvp-demo/shards/train --eval tvp-demo/shards/heldout --name nightly --promote-if zero_shot_top1
   tvp evaluate models:/tvp-demo-clip@latest --data tvp-demo/shards/heldout
   tvp promote models:/tvp-demo-clip@latest --metric zero_shot_top1
   RAY_ADDRESS=127.0.0.1:6379 tvp demo       use a running Ray cluster
@@ -43,9 +44,7 @@ def _build_parser() -> argparse.ArgumentParser:
         ),
     )
     demo.add_argument("--workdir", default="tvp-demo", help="where tables, shards, runs and checkpoints go (default: ./tvp-demo)")
-    demo.add_argument("--config", default="tiny", help="preset name in pipelines/configs or a YAML file (default: tiny)")
-    demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                      help="override a config value, e.g. --set train.epochs=3 (repeatable)")
+    _add_config(demo)
     _add_address(demo)
 
     ingest = commands.add_parser("ingest", help="turn raw sources into WebDataset shard sets")
@@ -70,6 +69,29 @@ def _build_parser() -> argparse.ArgumentParser:
     image_text.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality of stored images (default: 95)")
     image_text.add_argument("--rows-per-shard", type=int, default=10_000, help="input rows per shard (default: 10000)")
     _add_address(image_text)
+
+    train = commands.add_parser(
+        "train",
+        help="train a model on shard sets with Ray Train, track it and register it",
+        description=(
+            "Train on one or more finished shard sets with the shared Ray Train loop, log one MLflow run, evaluate "
+            "on --eval if given, and register the final checkpoint as a new version. Run again with the same "
+            "--name to resume an interrupted run from its latest checkpoint, in the same MLflow run. Model and "
+            "training settings come from a preset (its data section, which is the demo's, is ignored) and --set."
+        ),
+    )
+    train.add_argument("model", choices=["clip"], help="the model family (more come with later work)")
+    train.add_argument("--data", action="append", required=True, metavar="DIR",
+                       help="a shard set to train on (repeatable; with --weight, sets are mixed by weight)")
+    train.add_argument("--weight", action="append", type=float, metavar="W",
+                       help="sampling weight of each --data, in order (needs train.samples_per_epoch)")
+    train.add_argument("--eval", metavar="DIR", help="a labelled shard set for the model's evaluation")
+    train.add_argument("--name", help="run name; the same name resumes (default: clip-<time>)")
+    train.add_argument("--promote-if", metavar="METRIC",
+                       help="after evaluation, move champion to the new version if METRIC beats the champion's")
+    _add_config(train)
+    _add_workdir(train)
+    _add_address(train)
 
     evaluate = commands.add_parser(
         "evaluate",
@@ -101,6 +123,12 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="tiny", help="preset name in pipelines/configs or a YAML file (default: tiny)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set train.epochs=3 (repeatable)")
+
+
 def _add_workdir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", default="tvp-demo",
                         help="work directory whose MLflow store to use unless MLFLOW_TRACKING_URI is set (default: ./tvp-demo)")
@@ -115,6 +143,35 @@ def _tracking_uri(workdir: str) -> str:
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise _usage_error(f"no MLflow store at {uri}: run tvp demo first, or set MLFLOW_TRACKING_URI")
     return uri
+
+
+def _train(args: argparse.Namespace) -> None:
+    import time
+
+    from components.data.shard_plan import ShardSource
+    from pipelines.config import load_config
+    from pipelines.train import ClipTrainConfig, prepare_services, train_and_register
+
+    from components.data.shard_reader import read_manifest
+
+    cfg = load_config(ClipTrainConfig, args.config, args.overrides, ignore_sections=("data",))
+    for folder in [*args.data, *([args.eval] if args.eval else [])]:
+        read_manifest(folder)  # every input is a finished shard set, before anything starts
+    if args.promote_if and not args.eval:
+        raise _usage_error(f"--promote-if {args.promote_if} needs evaluation data (--eval)")
+    weights = args.weight or [1.0] * len(args.data)
+    if len(weights) != len(args.data):
+        raise _usage_error(f"{len(args.weight)} --weight values for {len(args.data)} --data folders")
+    workdir = Path(args.workdir).resolve()
+    tracking_uri = prepare_services(workdir, args.address)
+    result = train_and_register(
+        cfg, [ShardSource(d, w) for d, w in zip(args.data, weights)], Path(args.eval) if args.eval else None,
+        workdir, args.name or f"clip-{time.strftime('%Y%m%d-%H%M%S')}", tracking_uri, args.promote_if,
+    )
+    print(f"run {result['run_name']} ({result['run_id']}): registered {result['registered_model']} "
+          f"version {result['model_version']}")
+    for name, value in sorted(result["metrics"].items()):
+        print(f"  {name}: {value:.4f}")
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -180,10 +237,11 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from mlflow.exceptions import MlflowException
 
     from components.tracking.promotion import PromotionError
+    from components.tracking.run_tracker import RunConflict
     from components.training.checkpoint import CheckpointError
     from pipelines.config import ConfigError
 
-    return ConfigError, TableError, ShardSetError, TrackingUnavailable, CheckpointError, PromotionError, MlflowException
+    return ConfigError, TableError, ShardSetError, TrackingUnavailable, CheckpointError, PromotionError, RunConflict, MlflowException
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
 
         use_loopback_only()  # our own local Ray instance stays on 127.0.0.1
     try:
-        {"demo": _demo, "ingest": _ingest, "evaluate": _evaluate, "promote": _promote}[args.command](args)
+        commands = {"demo": _demo, "ingest": _ingest, "train": _train, "evaluate": _evaluate, "promote": _promote}
+        commands[args.command](args)
     except _known_errors() as exc:
         lines = str(exc).strip().splitlines() or [type(exc).__name__]
         print(f"tvp: error: {lines[0]}", file=sys.stderr)

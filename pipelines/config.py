@@ -75,8 +75,16 @@ def _describe(error: dict[str, Any]) -> str:
     return f"config key {key!r}: {message} (got {error.get('input')!r})"
 
 
-def load_config(model: type[Model], preset: str | Path | None = None, overrides: list[str] | None = None) -> Model:
+def load_config(
+    model: type[Model],
+    preset: str | Path | None = None,
+    overrides: list[str] | None = None,
+    ignore_sections: tuple[str, ...] = (),
+) -> Model:
+    """``ignore_sections`` are preset sections this pipeline does not use (the demo's ``data``, say)."""
     data = _read_yaml(preset_path(preset)) if preset else {}
+    for section in ignore_sections:
+        data.pop(section, None)
     for item in overrides or []:
         apply_override(data, item)
     try:

@@ -35,6 +35,10 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+class RunConflict(ValueError):
+    """A named run exists with another configuration: continuing it would mix two experiments."""
+
+
 class RunTracker:
     """Logs to one run. Metrics that cannot be delivered (the server is down) wait in a backlog
     and go out, in order, with the next call that gets through; training never stops for tracking."""
@@ -46,6 +50,7 @@ class RunTracker:
         self.backlog: list[Metric] = []
         self.delivered_late = 0
         self._down = False
+        self.previous_status: str | None = None  # a continued run's status before this driver took it up
 
     @classmethod
     def create(
@@ -71,10 +76,23 @@ class RunTracker:
             run_id = existing[0].info.run_id
             client.update_run(run_id, status="RUNNING")
             tracker = cls(tracking_uri, run_id)
+            tracker.previous_status = existing[0].info.status
             tracker.set_tags({**dict(tags or {}), RESUMED_TAG: int(existing[0].data.tags.get(RESUMED_TAG, 0)) + 1})
             return tracker
         run = client.create_run(experiment_id, run_name=run_name, tags={**dict(tags or {}), RUN_NAME_TAG: run_name})
         return cls(tracking_uri, run.info.run_id)
+
+    def check_params(self, params: Mapping[str, Any], run_name: str) -> None:
+        """Raise ``RunConflict`` if this (continued) run was logged with different values for ``params``."""
+        logged = self.client.get_run(self.run_id).data.params
+        new = {k: str(v)[:MAX_PARAM_LENGTH] for k, v in flatten(redact(params)).items()}
+        changed = sorted(k for k in new.keys() & logged.keys() if new[k] != logged[k])
+        if changed:
+            k = changed[0]
+            raise RunConflict(
+                f"run {run_name!r} was started with {k}={logged[k]}, not {new[k]}"
+                f"{f' (and {len(changed) - 1} more)' if len(changed) > 1 else ''}: give a new run name to train anew"
+            )
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log a (nested) config as dotted parameters, secrets masked."""
