@@ -45,7 +45,7 @@ def promote(
     client: MlflowClient, candidate: ModelVersion, metric: str, mode: Mode = "max", alias: str = CHAMPION_ALIAS
 ) -> tuple[bool, str]:
     """Give ``alias`` to ``candidate`` if its evaluation beats the holder's; return (promoted, reason)."""
-    name, version = candidate.name, candidate.version
+    name, version = candidate.name, str(candidate.version)
     score = evaluation_of(candidate, metric)
     if score is None:
         raise PromotionError(f"{name} version {version} has no evaluation of {metric!r}: run tvp evaluate first")
@@ -55,7 +55,7 @@ def promote(
         holder = None
     if holder is None:
         promoted, reason = True, f"first {alias}: {metric}={score:.4f}"
-    elif holder.version == version:
+    elif str(holder.version) == str(version):
         promoted, reason = False, f"version {version} already holds {alias}"
     else:
         best = evaluation_of(holder, metric)

@@ -37,7 +37,9 @@ def test_evaluate_records_metrics_and_promotion_needs_a_strictly_better_score(re
     assert version.tags["eval.data_manifest_hash"]
 
     assert promote_registered(f"models:/{name}@latest", "zero_shot_top1", "max", "champion", uri)[0]
-    assert client.get_model_version_by_alias(name, "champion").version == summary["model_version"]
+    again = promote_registered(f"models:/{name}@latest", "zero_shot_top1", "max", "champion", uri)
+    assert again == (False, f"version {summary['model_version']} already holds champion")
+    assert str(client.get_model_version_by_alias(name, "champion").version) == str(summary["model_version"])
 
     # A second version of the same weights ties on the same data: a tie does not take the alias.
     source = client.get_model_version(name, summary["model_version"]).source
@@ -45,7 +47,7 @@ def test_evaluate_records_metrics_and_promotion_needs_a_strictly_better_score(re
     evaluate_registered(f"models:/{name}/{second}", heldout, uri)
     promoted, reason = promote_registered(f"models:/{name}/{second}", "zero_shot_top1", "max", "champion", uri)
     assert not promoted and "does not beat champion version" in reason
-    assert client.get_model_version_by_alias(name, "champion").version == summary["model_version"]
+    assert str(client.get_model_version_by_alias(name, "champion").version) == str(summary["model_version"])
     assert client.get_model_version(name, second).tags["promotion"].startswith("not promoted: ")
     # Lower is better for a loss-like reading of the same numbers: still a tie, still no promotion.
     assert not promote_registered(f"models:/{name}/{second}", "zero_shot_top1", "min", "champion", uri)[0]

@@ -20,7 +20,7 @@ def test_train_registers_promotes_and_guards_named_runs(demo_run, tmp_path):
 
     client = MlflowClient(uri, registry_uri=uri)
     champion = client.get_model_version_by_alias("clip-nightly", "champion")
-    assert champion.version == "1" and champion.tags["promotion"].startswith("promoted to first champion")
+    assert str(champion.version) == "1" and champion.tags["promotion"].startswith("promoted to first champion")
     run = client.get_run(champion.run_id)
     assert run.info.status == "FINISHED" and run.data.params["train.epochs"] == "1"
     assert run.data.tags["data_manifest_hash"] == summary["data_manifest_hash"]
