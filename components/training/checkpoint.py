@@ -25,17 +25,6 @@ class CheckpointError(ValueError):
     pass
 
 
-def save_checkpoint(
-    path: str | Path,
-    model: nn.Module,
-    task: str,
-    task_config: dict[str, Any],
-    files: dict[str, str] | None = None,
-    position: dict[str, Any] | None = None,
-) -> Path:
-    return save_checkpoint_state(path, model.state_dict(), task, task_config, files, position)
-
-
 def save_checkpoint_state(
     path: str | Path,
     weights: dict[str, torch.Tensor],

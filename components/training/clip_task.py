@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, ClassVar, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 import torch

@@ -5,7 +5,6 @@ directly: no Ray Train start-up is needed to test the arithmetic.
 """
 
 import math
-import os
 
 import pytest
 import torch
