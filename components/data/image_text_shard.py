@@ -36,7 +36,9 @@ def plan_shards(num_rows: int, rows_per_shard: int) -> list[ShardSpec]:
     ]
 
 
-def _sample_from_row(row: dict[str, Any], key: str, table: ImageTextTable, base_dir: str, cfg: ImageConfig) -> dict:
+def _sample_from_row(
+    row: dict[str, Any], key: str, table: ImageTextTable, extra: list[str], base_dir: str, cfg: ImageConfig
+) -> dict:
     url, caption = row[table.url_column], row[table.caption_column]
     if not isinstance(url, str) or not url:
         raise ImageError("missing_url", "row has no image location")
@@ -47,7 +49,7 @@ def _sample_from_row(row: dict[str, Any], key: str, table: ImageTextTable, base_
     except OSError as exc:
         raise ImageError("read", f"cannot read {url}: {exc}") from exc
     jpg, width, height = process_image(data, cfg)
-    meta = {k: row[k] for k in table.extra_columns}
+    meta = {k: row[k] for k in extra}
     meta.update(key=key, url=url, caption=caption, original_width=width, original_height=height)
     return {"__key__": key, "jpg": jpg, "txt": caption, "json": meta}
 
@@ -59,6 +61,7 @@ def write_image_text_shard(
     started = time.monotonic()
     rows = table.read_rows(spec.start, spec.stop).to_pylist()
     base_dir = str(Path(table.path).parent)
+    extra = table.extra_columns  # read the schema once per shard, not once per row
     samples, errors = [], {}
     columns = ["key", "url", "caption", "status", "error_category", "error"]
     status_rows: dict[str, list] = {c: [] for c in columns}
@@ -66,7 +69,7 @@ def write_image_text_shard(
         key = f"{spec.start + offset:09d}"
         outcome: tuple[str, str | None, str | None] = ("success", None, None)
         try:
-            samples.append(_sample_from_row(row, key, table, base_dir, cfg))
+            samples.append(_sample_from_row(row, key, table, extra, base_dir, cfg))
         except ImageError as exc:
             errors[exc.category] = errors.get(exc.category, 0) + 1
             outcome = ("failed", exc.category, str(exc))

@@ -83,3 +83,18 @@ def steps_in_epoch(plan: list[ShardRef], world: int, samples_per_rank_step: int)
     """Optimizer steps every rank can take: the rank with the fewest samples sets it (DDP needs equal steps)."""
     per_rank = [sum(ref.num_samples for ref in rank_shards(plan, r, world)) for r in range(world)]
     return min(per_rank) // samples_per_rank_step
+
+
+class EpochPlanner:
+    """Every epoch's shard order and step count for a set of sources: the same on every rank and the driver."""
+
+    def __init__(self, sources: list[ShardSource], seed: int, samples_per_epoch: int | None = None):
+        self.refs = [read_shard_refs(source.path) for source in sources]
+        self.weights = [source.weight for source in sources] if len(sources) > 1 else None
+        self.seed, self.samples_per_epoch = seed, samples_per_epoch
+
+    def shards(self, epoch: int) -> list[ShardRef]:
+        return epoch_shards(self.refs, self.weights, self.seed, epoch, self.samples_per_epoch)
+
+    def steps(self, epoch: int, world: int, samples_per_rank_step: int) -> int:
+        return steps_in_epoch(self.shards(epoch), world, samples_per_rank_step)

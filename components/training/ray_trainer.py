@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import ray.train
 from ray.train.torch import TorchTrainer
 
-from components.data.shard_plan import ShardSource, epoch_shards, rank_shards, read_shard_refs
+from components.data.shard_plan import EpochPlanner, ShardSource
 from components.data.shard_reader import ShardSetError
 from components.training.task import Task
 from components.training.train_config import TrainConfig
@@ -18,17 +18,13 @@ from components.training.worker_loop import train_loop_per_worker
 
 def _check_sources(sources: Sequence[ShardSource], cfg: TrainConfig) -> None:
     """Fail in the driver, with a clear message, on data the workers could not train on."""
-    refs = [read_shard_refs(source.path) for source in sources]
-    weights = [s.weight for s in sources] if len(sources) > 1 else None
-    plan = epoch_shards(refs, weights, cfg.seed, 1, cfg.samples_per_epoch)
     per_rank_step = cfg.micro_batch_size * cfg.grad_accum_steps
-    for rank in range(cfg.num_workers):
-        samples = sum(ref.num_samples for ref in rank_shards(plan, rank, cfg.num_workers))
-        if samples < per_rank_step:
-            raise ShardSetError(
-                f"worker {rank} gets {samples} samples per epoch, fewer than one step "
-                f"({per_rank_step}): lower batch_size or add data"
-            )
+    plans = EpochPlanner(list(sources), cfg.seed, cfg.samples_per_epoch)
+    if plans.steps(1, cfg.num_workers, per_rank_step) < 1:
+        raise ShardSetError(
+            f"some of the {cfg.num_workers} workers get fewer samples per epoch than one step "
+            f"({per_rank_step}): lower batch_size or add data"
+        )
 
 
 def fit(

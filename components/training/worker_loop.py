@@ -23,7 +23,7 @@ import torch
 from pydantic import TypeAdapter
 
 from components.data.rank_reader import SAMPLE_ID, rank_batches
-from components.data.shard_plan import ShardRef, epoch_shards, rank_shards, read_shard_refs, steps_in_epoch
+from components.data.shard_plan import EpochPlanner, ShardSource, rank_shards
 from components.training.checkpoint import load_weights, save_checkpoint_state
 from components.training.optimizers import build_adamw
 from components.training.parallel import full_state_dict, load_full_state_dict, wrap_model
@@ -53,21 +53,6 @@ def _grouped(batches: Iterator[dict], size: int) -> Iterator[list[dict]]:
             group = []
 
 
-class _EpochPlans:
-    """Each epoch's shard order and step count, computed identically on every rank."""
-
-    def __init__(self, config: dict[str, Any], cfg: TrainConfig, world: int):
-        self.sources = [read_shard_refs(path) for path, _ in config["sources"]]
-        self.weights = [float(w) for _, w in config["sources"]] if len(config["sources"]) > 1 else None
-        self.cfg, self.world = cfg, world
-
-    def shards(self, epoch: int) -> list[ShardRef]:
-        return epoch_shards(self.sources, self.weights, self.cfg.seed, epoch, self.cfg.samples_per_epoch)
-
-    def steps(self, epoch: int) -> int:
-        return steps_in_epoch(self.shards(epoch), self.world, self.cfg.micro_batch_size * self.cfg.grad_accum_steps)
-
-
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """``config``: ``task``, ``task_config``, ``files``, ``train`` (TrainConfig fields), ``sources``
     ([shard set path, weight] pairs), and optionally ``tracking_uri`` + ``run_id`` for rank 0 to log to."""
@@ -76,8 +61,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = TypeAdapter(TrainConfig).validate_python(config["train"])
     task = build_task(config["task"], config["task_config"], config["files"])
     device = ray.train.torch.get_device()
-    plans = _EpochPlans(config, cfg, world)
-    total_steps = sum(plans.steps(e) for e in range(1, cfg.epochs + 1))
+    plans = EpochPlanner([ShardSource(path, weight) for path, weight in config["sources"]], cfg.seed,
+                         cfg.samples_per_epoch)
+    per_rank_step = cfg.micro_batch_size * cfg.grad_accum_steps
+    total_steps = sum(plans.steps(e, world, per_rank_step) for e in range(1, cfg.epochs + 1))
 
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
     model = wrap_model(task.build_model(), cfg.parallelism, device)
@@ -127,7 +114,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     step = position["step"]
     for epoch in range(position["epoch"], cfg.epochs + 1):
         model.train()
-        steps_this_epoch = plans.steps(epoch)
+        steps_this_epoch = plans.steps(epoch, world, per_rank_step)
         done = position["epoch_step"] if epoch == position["epoch"] else 0
         batches = rank_batches(
             rank_shards(plans.shards(epoch), rank, world), task.columns, task.transform_batch,

@@ -43,3 +43,24 @@ def test_weighted_mixing_resamples_to_the_requested_size_in_proportion():
 def test_read_shard_refs_follows_sizes_json(tmp_path):
     (tmp_path / "sizes.json").write_text(json.dumps({"00001.tar": 5, "00000.tar": 7}))
     assert read_shard_refs(tmp_path) == [ShardRef(str(tmp_path / "00000.tar"), 7), ShardRef(str(tmp_path / "00001.tar"), 5)]
+
+
+def test_planner_matches_the_pure_functions_and_the_driver_refuses_too_little_data(tmp_path):
+    import json as _json
+
+    from components.data.shard_plan import EpochPlanner, ShardSource
+    from components.data.shard_reader import ShardSetError
+    from components.training.ray_trainer import _check_sources
+    from components.training.train_config import TrainConfig
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "sizes.json").write_text(_json.dumps({f"{i:05d}.tar": 10 for i in range(4)}))
+    sources = [ShardSource(str(tmp_path / "a")), ShardSource(str(tmp_path / "b"))]
+    planner = EpochPlanner(sources, seed=3)
+    refs = [read_shard_refs(tmp_path / "a"), read_shard_refs(tmp_path / "b")]
+    assert planner.shards(2) == epoch_shards(refs, None, 3, 2)
+    assert planner.steps(2, world=2, samples_per_rank_step=8) == 40 // 8
+    _check_sources(sources, TrainConfig(batch_size=16, num_workers=2))  # 40 samples per rank: enough
+    with pytest.raises(ShardSetError, match="fewer samples per epoch than one step \\(64\\)"):
+        _check_sources(sources, TrainConfig(batch_size=128, num_workers=2))
