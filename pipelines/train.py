@@ -20,6 +20,7 @@ from components.data.shard_reader import iter_samples, read_manifest
 from components.data.tokenizer import train_caption_tokenizer
 from components.models.clip import CLIPConfig
 from components.tracking.lineage import code_version, library_versions
+from components.tracking.model_package import save_model_package
 from components.tracking.promotion import PromotionError, promote, record_evaluation
 from components.tracking.registry import LATEST_ALIAS, register_checkpoint
 from components.tracking.run_tracker import RunConflict, RunTracker
@@ -35,6 +36,7 @@ from components.training.checkpoint import copy_model_files
 from components.training.clip_task import TOKENIZER_FILE, ClipTask, ClipTaskConfig
 from components.training.ray_trainer import fit
 from components.training.registry import load_task_and_model
+from components.training.stop_request import TrainingStopped
 from components.training.train_config import TrainConfig
 
 TOKENIZER_CAPTIONS = 200_000  # captions read from the shards to train the tokenizer
@@ -124,8 +126,9 @@ def train_and_register(
                 metrics = eval_task.evaluate(model, iter_samples(eval_dir))
                 tracker.log_metrics(metrics, step=0)
             echo("registering the checkpoint in the MLflow model registry")
-            with tempfile.TemporaryDirectory() as model_dir:
-                source = tracker.log_artifacts(copy_model_files(checkpoint_dir, model_dir), "checkpoint")
+            with tempfile.TemporaryDirectory() as tmp:
+                model_files = copy_model_files(checkpoint_dir, Path(tmp) / "checkpoint")
+                source = tracker.log_artifacts(save_model_package(model_files, Path(tmp) / "model"), "model")
         version = register_checkpoint(tracker.client, cfg.tracking.registered_model, source, tracker.run_id,
                                       tags={**lineage, **{f"train.{k}": f"{v:.4f}" for k, v in metrics.items()}})
         promotion = None
@@ -141,6 +144,9 @@ def train_and_register(
         gap = tracker.finish("FINISHED")
         if gap["undelivered"]:
             echo(f"  warning: {gap['undelivered']} metric values could not be delivered to {tracking_uri}")
+    except TrainingStopped:
+        tracker.finish("KILLED")  # resumable: the same name continues this run
+        raise
     except BaseException:
         tracker.finish("FAILED")
         raise

@@ -14,6 +14,8 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from components.tracking.model_package import checkpoint_in
+
 LATEST_ALIAS = "latest"
 
 
@@ -52,9 +54,12 @@ def resolve_model_version(client: MlflowClient, model_uri: str) -> ModelVersion:
 
 
 def download_registered_checkpoint(model_uri: str, dst: str | Path, tracking_uri: str) -> Path:
-    """Copy the checkpoint behind ``models:/NAME@ALIAS`` (or ``models:/NAME/VERSION``) into ``dst``."""
+    """Copy the version behind ``models:/NAME@ALIAS`` (or ``models:/NAME/VERSION``) into ``dst``; return its checkpoint folder.
+
+    Versions are MLflow pyfunc packages with the checkpoint inside, or (registered by older tvp) bare checkpoints.
+    """
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     version = resolve_model_version(client, model_uri)
     Path(dst).mkdir(parents=True, exist_ok=True)
     local = mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(dst), tracking_uri=tracking_uri)
-    return Path(local)
+    return checkpoint_in(local)

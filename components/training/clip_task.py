@@ -96,3 +96,22 @@ class ClipTask(Task):
             "num_classes": float(len(class_ids)),
             "num_eval_samples": float(len(labels)),
         }
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Unit-length embeddings: ``text`` (a caption) → ``text_embedding``, ``image`` (encoded bytes) → ``image_embedding``."""
+        outputs: list[dict[str, Any]] = [{} for _ in records]
+        for column, encode in (("text", self._embed_texts), ("image", self._embed_images)):
+            rows = [i for i, r in enumerate(records) if r.get(column) is not None]
+            if rows:
+                embeddings = encode(model, [records[i][column] for i in rows])
+                for i, embedding in zip(rows, embeddings.tolist()):
+                    outputs[i][f"{column}_embedding"] = embedding
+        return outputs
+
+    def _embed_texts(self, model: nn.Module, texts: list[str]) -> torch.Tensor:
+        return model.encode_text(torch.from_numpy(self.tokenize([str(t) for t in texts])))
+
+    def _embed_images(self, model: nn.Module, images: list[bytes]) -> torch.Tensor:
+        pixels = images_to_array([bytes(b) for b in images], self.config.model.vision.image_size)
+        return model.encode_image(torch.from_numpy(pixels))

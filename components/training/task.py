@@ -52,3 +52,7 @@ class Task(ABC):
     @abstractmethod
     def evaluate(self, model: nn.Module, samples: Iterable[dict[str, Any]]) -> dict[str, float]:
         """Metrics of ``model`` on raw webdataset samples (member name → bytes)."""
+
+    def predict(self, model: nn.Module, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Inference for the registered model's pyfunc flavour: one output record per input record."""
+        raise NotImplementedError(f"task {self.name} has no inference output yet")

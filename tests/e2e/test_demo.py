@@ -2,6 +2,9 @@
 
 import json
 
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from components.data.shard_reader import iter_samples
@@ -61,3 +64,14 @@ def test_registered_model_loads_back_and_reproduces_the_logged_accuracy(demo_run
     assert metrics["zero_shot_top1"] == summary["zero_shot_top1"]
     version = MlflowClient(summary["tracking_uri"]).get_model_version(summary["registered_model"], summary["model_version"])
     assert version.run_id == summary["run_id"] and version.tags["data_manifest_hash"] == summary["data_manifest_hash"]
+
+
+def test_registered_version_is_an_mlflow_pyfunc_model(demo_run, monkeypatch):
+    summary = demo_run["summary"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", summary["tracking_uri"])
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", summary["tracking_uri"])
+    model = mlflow.pyfunc.load_model(f"models:/{summary['registered_model']}/{summary['model_version']}")
+    out = model.predict(pd.DataFrame({"text": ["a photo of the digit seven.", "a photo of the digit one."]}))
+    embeddings = np.array(out["text_embedding"].tolist())
+    assert embeddings.shape[0] == 2 and np.allclose(np.linalg.norm(embeddings, axis=1), 1, atol=1e-5)
+    assert not np.allclose(embeddings[0], embeddings[1])
