@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -244,6 +245,12 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     return ConfigError, TableError, ShardSetError, TrackingUnavailable, CheckpointError, PromotionError, RunConflict, MlflowException
 
 
+def _stopped() -> type[BaseException]:
+    from components.training.stop_request import TrainingStopped
+
+    return TrainingStopped
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep logs and pipes readable
@@ -258,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
         lines = str(exc).strip().splitlines() or [type(exc).__name__]
         print(f"tvp: error: {lines[0]}", file=sys.stderr)
         return 2
+    except _stopped() as exc:
+        print(f"tvp: {exc}", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("tvp: interrupted", file=sys.stderr)
         return 130

@@ -55,3 +55,35 @@ def demo_run(ray_address, tmp_path_factory):
     assert result.returncode == 0, f"tvp demo failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     summary = json.loads((workdir / "summary.json").read_text())
     return {"workdir": workdir, "summary": summary, "stdout": result.stdout}
+
+
+@pytest.fixture(scope="session")
+def s3_env():
+    """An S3-compatible server (moto) on loopback; yields the environment that points AWS clients at it.
+
+    pyarrow, boto3 and Ray all read ``AWS_ENDPOINT_URL``, so ``s3://`` paths reach this server and
+    nothing leaves the machine.
+    """
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield {
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    server.stop()
+
+
+def create_bucket(env: dict[str, str], name: str) -> None:
+    import boto3
+
+    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                 aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name=env["AWS_DEFAULT_REGION"]
+                 ).create_bucket(Bucket=name)

@@ -11,6 +11,7 @@ from ray.train.torch import TorchTrainer
 
 from components.data.shard_plan import EpochPlanner, ShardSource
 from components.data.shard_reader import ShardSetError
+from components.training.stop_request import TrainingStopped, stop_on_sigterm
 from components.training.task import Task
 from components.training.train_config import TrainConfig
 from components.training.worker_loop import train_loop_per_worker
@@ -37,27 +38,49 @@ def fit(
 ) -> ray.train.Checkpoint:
     """Train ``task`` on shard sets with ``cfg.num_workers`` Ray Train workers; return the final checkpoint.
 
-    Rerunning with the same ``storage_path`` and ``run_name`` resumes from that run's latest checkpoint.
+    Rerunning with the same ``storage_path`` (a folder every node sees, or ``s3://…``) and ``run_name`` resumes
+    from that run's latest checkpoint. SIGTERM to this process checkpoints the current step and raises
+    ``TrainingStopped``.
     ``tracking`` (``tracking_uri`` and ``run_id``) lets rank 0 log into an existing MLflow run.
     """
     _check_sources(sources, cfg)
+    with stop_on_sigterm() as (stop_name, stop_actor):
+        result = _trainer(task, cfg, sources, storage_path, run_name, {**(tracking or {}), "stop_actor": stop_name}).fit()
+        stop_reason = ray.get(stop_actor.reason.remote())
+    if stop_reason:
+        step = (result.metrics or {}).get("step", "?")
+        raise TrainingStopped(f"training run {run_name} stopped on {stop_reason} after checkpointing at step {step}; "
+                              "start it again with the same name to resume")
+    if result.checkpoint is None:
+        raise RuntimeError(f"training run {run_name} finished without a checkpoint")
+    return result.checkpoint
+
+
+def storage_uri(path: str | Path) -> str:
+    """A local folder as an absolute path; object storage (``s3://…``, ``gs://…``) as given."""
+    return str(path) if "://" in str(path) else str(Path(path).resolve())
+
+
+def _trainer(task: Task, cfg: TrainConfig, sources: Sequence[ShardSource], storage_path: str | Path,
+             run_name: str, extra: dict[str, Any]) -> TorchTrainer:
     loop_config = {
         "task": task.name,
         "task_config": task.config_dict(),
         "files": task.files,
         "train": asdict(cfg),
         "sources": [[str(Path(s.path).resolve()), s.weight] for s in sources],
-        **(tracking or {}),
+        **extra,
     }
-    trainer = TorchTrainer(
+    return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
+            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker},
+            placement_strategy=cfg.placement_strategy,
         ),
         run_config=ray.train.RunConfig(
             name=run_name,
-            storage_path=str(Path(storage_path).resolve()),
+            storage_path=storage_uri(storage_path),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             # Ray Train keeps the latest checkpoint besides the best ``num_to_keep``.
             checkpoint_config=ray.train.CheckpointConfig(
@@ -67,7 +90,3 @@ def fit(
             ),
         ),
     )
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"training run {run_name} finished without a checkpoint")
-    return result.checkpoint

@@ -29,6 +29,10 @@ class TrainConfig:
     checkpoint_metric: str = "train_loss"  # what "best" means: a metric every checkpoint report carries
     checkpoint_metric_mode: Literal["min", "max"] = "min"
     sample_log_dir: str | None = None  # if set, each rank appends "epoch step sample_ids..." per step here
+    # Every this many steps, ask Ray whether a node of the run is being drained for preemption (a barrier
+    # across workers, so not every step); if so, checkpoint right away.
+    preemption_check_every_steps: int = 10
+    placement_strategy: Literal["PACK", "SPREAD"] = "PACK"  # SPREAD puts workers on as many nodes as it can
     max_failures: int = 0  # worker-group restarts Ray Train may make, each resuming from the latest checkpoint
     num_workers: int = 2  # Ray Train workers (processes)
     cpus_per_worker: float = 1.0

@@ -29,6 +29,7 @@ from components.training.optimizers import build_adamw
 from components.training.parallel import full_state_dict, load_full_state_dict, wrap_model
 from components.training.registry import build_task
 from components.training.schedules import build_scheduler
+from components.training.stop_request import StopWatcher
 from components.training.train_config import TrainConfig
 from components.training.train_state import (
     capture_train_state,
@@ -110,6 +111,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         Path(cfg.sample_log_dir).mkdir(parents=True, exist_ok=True)
         sample_log = open(Path(cfg.sample_log_dir) / f"rank{rank}.log", "a")
 
+    stop_watcher = StopWatcher(config.get("stop_actor"), rank, device)
+    saved_for_preemption = False
+    stopping = False
     last_checkpoint = time.monotonic()
     step = position["step"]
     for epoch in range(position["epoch"], cfg.epochs + 1):
@@ -143,9 +147,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 tracker.log_metrics(metrics, step)
             due_steps = cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0
             due_time = cfg.checkpoint_every_minutes and time.monotonic() - last_checkpoint > 60 * cfg.checkpoint_every_minutes
-            if done < steps_this_epoch and (due_steps or due_time):
-                report({"train_loss": metrics["loss"]})
+            stopping = stop_watcher.agreed()
+            preempted = False
+            if cfg.preemption_check_every_steps and step % cfg.preemption_check_every_steps == 0:
+                preempted = ray.train.get_preemption_info() is not None and not saved_for_preemption
+                saved_for_preemption = saved_for_preemption or preempted
+                if preempted and rank == 0:
+                    log.warning("a node of this run is being preempted: checkpointing at step %d", step)
+            triggers = {"stop": stopping, "preemption": preempted, "steps": due_steps, "minutes": due_time}
+            trigger = next((name for name, due in triggers.items() if due), None)
+            if done < steps_this_epoch and trigger:
+                report({"train_loss": metrics["loss"], "trigger": trigger})
                 last_checkpoint = time.monotonic()
+            if stopping:
+                break
+        if stopping and done < steps_this_epoch:
+            break  # mid-epoch: checkpointed above; the epoch's metrics come when it is finished after resuming
         position = {"epoch": epoch + 1, "epoch_step": 0, "step": step}
         epoch_metrics = meter.metrics(device)
         if rank == 0:
@@ -154,9 +171,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             log.info("epoch %d/%d  step %d  loss %.4f  %.0f samples/s  data wait %.0f%%",
                      epoch, cfg.epochs, step, epoch_metrics["train_loss"], epoch_metrics["samples_per_s"],
                      100 * epoch_metrics["data_wait_fraction"])
-        report(epoch_metrics)
+        report({**epoch_metrics, "trigger": "epoch"})
         last_checkpoint = time.monotonic()
+        if stopping:
+            break
 
+    if stopping and rank == 0:
+        log.warning("stop requested: checkpointed at step %d; run again with the same name to resume", step)
     if tracker:
         gap = tracker.flush()
         if gap["undelivered"] or gap["delivered_late"]:

@@ -1,10 +1,15 @@
-"""Training that survives: a worker SIGKILLed mid-run and a driver killed and started again.
+"""Training that survives, on a two-node Ray cluster with checkpoints in S3 (moto on loopback).
 
-One combined run keeps the suite fast. The per-step sample log proves the
-resumed run reaches the same final step, skips no step, and replays only
-steps taken after the last checkpoint, with exactly the same samples.
+One combined run keeps the suite fast: a node drained for preemption (the
+workers checkpoint just in time), its worker SIGKILLed and the node removed
+while a new one joins; the driver SIGKILLed and started again; the driver
+stopped with SIGTERM and started again. The per-step sample log proves
+the resumed run reaches the same final step, skips no step, and replays only
+steps taken after the last committed checkpoint, with exactly the same samples;
+a graceful stop (SIGTERM) replays none.
 """
 
+import functools
 import json
 import os
 import signal
@@ -15,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs
 import pyarrow.parquet as pq
+import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -26,10 +33,14 @@ from components.data.tokenizer import train_caption_tokenizer
 from components.models.clip import CLIPConfig, TextConfig
 from components.models.vit import ViTConfig
 from components.training.clip_task import TOKENIZER_FILE, ClipTask, ClipTaskConfig
-from tests.conftest import REPO
+from tests.conftest import REPO, create_bucket
 
-EPOCHS, SHARDS, ROWS_PER_SHARD, MICRO, CHECKPOINT_EVERY = 2, 8, 64, 16, 4
+EPOCHS, SHARDS, ROWS_PER_SHARD, MICRO, CHECKPOINT_EVERY = 3, 8, 64, 16, 4
 STEPS_PER_EPOCH = (SHARDS // 2) * ROWS_PER_SHARD // MICRO  # per rank: 4 shards of 64 samples, 16 per step
+BUCKET = "tvp-runs"
+# Ray Train collects reports when it polls the workers; polling often narrows the window in which a
+# checkpoint is written but not yet committed, and notices dead workers and drained nodes sooner.
+FAST_POLLING = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S": "0.2"}
 
 
 def make_shards(tmp_path: Path) -> Path:
@@ -47,7 +58,7 @@ def make_shards(tmp_path: Path) -> Path:
     return tmp_path / "shards"
 
 
-def write_spec(tmp_path: Path, shards: Path) -> Path:
+def write_spec(tmp_path: Path, shards: Path, address: str) -> Path:
     tokenizer = train_caption_tokenizer([f"noise picture number {i}" for i in range(7)] * 5, vocab_size=300)
     model = CLIPConfig(embed_dim=32, vision=ViTConfig(image_size=32, patch_size=4, width=64, layers=2, heads=2),
                        text=TextConfig(vocab_size=300, context_length=8, width=32, layers=1, heads=2))
@@ -56,8 +67,9 @@ def write_spec(tmp_path: Path, shards: Path) -> Path:
         "task": task.name, "task_config": task.config_dict(), "files": task.files,
         "train": {"epochs": EPOCHS, "batch_size": 2 * MICRO, "num_workers": 2, "cpus_per_worker": 1,
                   "checkpoint_every_steps": CHECKPOINT_EVERY, "sample_log_dir": str(tmp_path / "samples"),
-                  "max_failures": 2, "shuffle_buffer": 32, "log_every": 1, "lr": 1e-3},
-        "shards": str(shards), "storage": str(tmp_path / "storage"), "run_name": "recovery",
+                  "max_failures": 2, "shuffle_buffer": 32, "log_every": 1, "lr": 1e-3,
+                  "placement_strategy": "SPREAD", "preemption_check_every_steps": 1},
+        "shards": str(shards), "storage": f"s3://{BUCKET}", "run_name": "recovery", "address": address,
         "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "recovery",
     }
     path = tmp_path / "spec.json"
@@ -73,60 +85,147 @@ def logged_steps(tmp_path: Path, rank: int) -> list[tuple[int, tuple[int, ...]]]
     return [(int(parts[1]), tuple(int(x) for x in parts[2:])) for parts in lines]
 
 
-def committed_step(tmp_path: Path) -> int:
-    """The step of the latest checkpoint Ray Train has committed (what a restart resumes from)."""
+@functools.cache
+def s3() -> pyarrow.fs.FileSystem:
+    # from_uri reads AWS_ENDPOINT_URL (set by the cluster fixture), as Ray does; S3FileSystem() would not.
+    return pyarrow.fs.FileSystem.from_uri(f"s3://{BUCKET}")[0]
+
+
+def committed() -> dict:
+    """The metrics of the latest checkpoint Ray Train has committed (what a restart resumes from)."""
     try:
-        snapshot = json.loads((tmp_path / "storage" / "recovery" / "checkpoint_manager_snapshot.json").read_text())
-        return int(snapshot["latest_checkpoint_result"]["metrics"]["step"])
+        with s3().open_input_stream(f"{BUCKET}/recovery/checkpoint_manager_snapshot.json") as f:
+            return json.loads(f.read())["latest_checkpoint_result"]["metrics"]
     except (OSError, ValueError, KeyError, TypeError):
-        return 0
+        return {}
 
 
-def kill_after_commit(tmp_path: Path, min_step: int, driver: subprocess.Popen, kill) -> int:
-    """Once a checkpoint at ``min_step`` or later is committed and training has gone past it, ``kill()``;
+def committed_step() -> int:
+    return int(committed().get("step", 0))
+
+
+def restarts(tmp_path: Path) -> int:
+    """How often rank 0's sample log went back to an earlier step: worker groups that resumed mid-run."""
+    steps = [s for s, _ in logged_steps(tmp_path, 0)]
+    return sum(1 for prev, step in zip(steps, steps[1:]) if step <= prev)
+
+
+def last_logged_step(tmp_path: Path) -> int:
+    return max((s for s, _ in logged_steps(tmp_path, 0)), default=0)
+
+
+def act_after_commit(tmp_path: Path, min_step: int, driver: subprocess.Popen, action) -> int:
+    """Once a checkpoint at ``min_step`` or later is committed and training has gone past it, ``action()``;
     return the step of the latest committed checkpoint at that moment."""
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
-        assert driver.poll() is None, f"driver exited early:\n{driver.stdout.read()[-3000:]}"
-        committed = committed_step(tmp_path)
-        logged = max((s for s, _ in logged_steps(tmp_path, 0)), default=0)
-        if committed >= min_step and logged > committed:
-            kill()
+        assert driver.poll() is None, f"driver exited early with {driver.returncode}"
+        committed = committed_step()
+        if committed >= min_step and last_logged_step(tmp_path) > committed:
+            action()
             return committed
         time.sleep(0.02)
     raise AssertionError(f"no checkpoint at step {min_step} was committed")
 
 
-def train_worker_pids() -> list[int]:
+def wait_until(condition, driver: subprocess.Popen, what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert driver.poll() is None, f"driver exited early with {driver.returncode}"
+        if condition():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def train_workers() -> dict[int, int]:
+    """Train worker pid → the pid of its node's raylet (its parent)."""
     out = subprocess.run(["pgrep", "-f", "RayTrainWorker"], capture_output=True, text=True).stdout
-    return [int(pid) for pid in out.split()]
+    return {int(pid): int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) for pid in out.split()}
 
 
-def start_driver(spec: Path) -> subprocess.Popen:
-    # Ray Train collects reports when it polls the workers; polling often narrows the window in which a
-    # checkpoint is written but not yet committed, and notices the dead worker sooner.
-    env = {**os.environ, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+def raylet_pid(node) -> int:
+    from ray._private import ray_constants
+
+    return node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+
+
+def start_driver(spec: Path, log: Path) -> subprocess.Popen:
+    """The driver in a subprocess, its output in ``log`` (a pipe nobody reads could fill and stall it)."""
+    env = {**os.environ, **FAST_POLLING}
     return subprocess.Popen([sys.executable, "-m", "tests.e2e.train_driver", str(spec)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
 
 
-def test_worker_and_driver_failures_resume_exactly_with_one_mlflow_run(ray_address, tmp_path):
-    spec = write_spec(tmp_path, make_shards(tmp_path))
+@pytest.fixture
+def two_node_cluster(ray_address, s3_env, monkeypatch):
+    """A head with no CPUs (driver side) and two 2-CPU worker nodes, all on loopback, every process seeing S3.
+
+    This process stays connected to the session's own Ray head (it builds the shards there).
+    """
+    from ray.cluster_utils import Cluster
+
+    for key, value in {**s3_env, **FAST_POLLING}.items():
+        monkeypatch.setenv(key, value)  # inherited by every node's processes
+    create_bucket(s3_env, BUCKET)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": True,
+                                                            "dashboard_host": "127.0.0.1", "dashboard_port": 0})
+    workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
+    cluster.wait_for_nodes()
+    yield cluster, workers
+    # Not cluster.shutdown(): it also resets this process's Ray state, which the session's own head still needs.
+    for node in [*cluster.worker_nodes, cluster.head_node]:
+        cluster.remove_node(node, allow_graceful=False)
+
+
+def test_failures_on_two_nodes_resume_exactly_with_one_mlflow_run(two_node_cluster, tmp_path):
+    cluster, nodes = two_node_cluster
+    spec = write_spec(tmp_path, make_shards(tmp_path), cluster.address)
     total = EPOCHS * STEPS_PER_EPOCH
 
-    def kill_a_worker():
-        workers = train_worker_pids()
-        assert len(workers) == 2, workers
-        os.kill(workers[-1], signal.SIGKILL)  # Ray Train restarts the group from the committed checkpoint
+    # A spot reclaim: the node of one worker is drained for preemption and the workers checkpoint at once;
+    # a replacement node joins; the worker on the reclaimed node is SIGKILLed and its node removed. Ray
+    # Train restarts the group across the nodes left.
+    def drain_a_node():
+        workers = train_workers()
+        assert len(set(workers.values())) == 2, "SPREAD should put the two workers on two nodes"
+        worker, raylet = max(workers.items())
+        node = next(n for n in nodes if raylet_pid(n) == raylet)
+        subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "drain-node", "--address", cluster.address,
+                        "--node-id", node.node_id, "--reason", "DRAIN_NODE_REASON_PREEMPTION",
+                        "--reason-message", "spot reclaim", "--deadline-remaining-seconds", "60"], check=True)
+        reclaimed.append((worker, node))
 
-    driver = start_driver(spec)
-    committed = [kill_after_commit(tmp_path, CHECKPOINT_EVERY, driver, kill_a_worker)]
-    committed.append(kill_after_commit(tmp_path, STEPS_PER_EPOCH + CHECKPOINT_EVERY, driver,
-                                       lambda: driver.send_signal(signal.SIGKILL)))  # then the driver dies
+    reclaimed: list = []
+    driver = start_driver(spec, tmp_path / "driver1.log")
+    act_after_commit(tmp_path, CHECKPOINT_EVERY, driver, drain_a_node)
+    wait_until(lambda: committed().get("trigger") == "preemption" and last_logged_step(tmp_path) > committed_step(),
+               driver, "a just-in-time checkpoint on preemption")
+    at_failure = [committed_step()]
+    nodes.append(cluster.add_node(num_cpus=2))
+    worker, node = reclaimed[0]
+    os.kill(worker, signal.SIGKILL)
+    cluster.remove_node(node, allow_graceful=False)
+    nodes.remove(node)
+
+    # Once the group on the new node has checkpointed again, the driver dies.
+    wait_until(lambda: restarts(tmp_path) == 1, driver, "the worker group to resume on the new node")
+    at_failure.append(act_after_commit(tmp_path, at_failure[-1] + 1, driver, lambda: driver.send_signal(signal.SIGKILL)))
     driver.wait()
+    assert "a node of this run is being preempted: checkpointing at step" in (tmp_path / "driver1.log").read_text()
 
-    driver = start_driver(spec)  # same storage path and run name: resumes
-    out, _ = driver.communicate(timeout=300)
+    driver = start_driver(spec, tmp_path / "driver2.log")  # same storage path and run name: resumes
+    wait_until(lambda: restarts(tmp_path) == 2, driver, "the restarted driver to resume")
+    act_after_commit(tmp_path, at_failure[-1] + 1, driver, lambda: driver.send_signal(signal.SIGTERM))
+    driver.wait(timeout=120)
+    out = (tmp_path / "driver2.log").read_text()
+    assert driver.returncode == 143 and "TRAINING STOPPED" in out, out[-3000:]
+    stopped_at = last_logged_step(tmp_path)
+    assert committed() == {**committed(), "step": stopped_at, "trigger": "stop"}  # checkpointed where it stopped
+
+    driver = start_driver(spec, tmp_path / "driver3.log")
+    driver.wait(timeout=300)
+    out = (tmp_path / "driver3.log").read_text()
     assert driver.returncode == 0 and "TRAINING DONE" in out, out[-3000:]
 
     for rank in (0, 1):
@@ -135,12 +234,13 @@ def test_worker_and_driver_failures_resume_exactly_with_one_mlflow_run(ray_addre
         for step, ids in steps:
             assert first_seen.setdefault(step, ids) == ids, f"step {step} replayed with other samples"
         assert sorted(first_seen) == list(range(1, total + 1))  # every step, none skipped, none extra
-        # Each restart resumes right after a checkpoint no older than the latest one committed before the
-        # failure, so only steps taken after that checkpoint are read again.
+        # Each hard failure resumes right after a checkpoint no older than the latest one committed before
+        # it, so only steps taken after that checkpoint are read again; the graceful stop replays nothing.
         resumed_after = [step - 1 for (prev, _), (step, _) in zip(steps, steps[1:]) if step <= prev]
-        assert len(resumed_after) == 2, resumed_after
-        for resume, last_committed in zip(resumed_after, committed):
-            assert resume >= last_committed and resume % CHECKPOINT_EVERY == 0, (resumed_after, committed)
+        assert len(resumed_after) == 2, (resumed_after, at_failure)
+        for resume, last_committed in zip(resumed_after, at_failure):
+            assert resume >= last_committed, (resumed_after, at_failure)
+        assert [s for s, _ in steps].count(stopped_at + 1) == 1
         assert all(len(ids) == MICRO for ids in first_seen.values())
         epoch_one = {i for s in range(1, STEPS_PER_EPOCH + 1) for i in first_seen[s]}
         assert len(epoch_one) == STEPS_PER_EPOCH * MICRO  # no sample twice within an epoch
@@ -148,13 +248,14 @@ def test_worker_and_driver_failures_resume_exactly_with_one_mlflow_run(ray_addre
     spec_data = json.loads(spec.read_text())
     client = MlflowClient(spec_data["tracking_uri"])
     runs = client.search_runs([client.get_experiment_by_name("recovery").experiment_id])
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED" and runs[0].data.tags["tvp.resumed"] == "1"
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED" and runs[0].data.tags["tvp.resumed"] == "2"  # two driver restarts
     logged = sorted({m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")})
     assert logged == list(range(1, total + 1))
     metrics = runs[0].data.metrics
     assert 0 <= metrics["data_wait_fraction"] <= 1 and metrics["tokens_per_s"] > 0 and metrics["samples_per_s"] > 0
     assert metrics["peak_memory_mb_worker0"] > 50 and metrics["peak_memory_mb_worker1"] > 50
 
-    snapshot = json.loads((tmp_path / "storage" / "recovery" / "checkpoint_manager_snapshot.json").read_text())
+    with s3().open_input_stream(f"{BUCKET}/recovery/checkpoint_manager_snapshot.json") as f:
+        snapshot = json.loads(f.read())
     kept = [result["metrics"]["step"] for result in snapshot["checkpoint_results"]]
     assert total in kept and len(kept) <= 2  # the latest and the best by train_loss

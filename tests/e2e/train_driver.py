@@ -2,31 +2,40 @@
 
 SPEC is a JSON file with the task (name, config, files), the TrainConfig
 fields, the shard folder, storage path, run name, tracking URI and experiment.
+Exits 143 when stopped by SIGTERM after its checkpoint, as ``tvp train`` does.
 """
 
 import json
 import sys
+
+from pydantic import TypeAdapter
 
 from cluster.ray_cluster import connect
 from components.data.shard_plan import ShardSource
 from components.tracking.run_tracker import RunTracker
 from components.training.ray_trainer import fit
 from components.training.registry import build_task
-from pydantic import TypeAdapter
+from components.training.stop_request import TrainingStopped
 from components.training.train_config import TrainConfig
 
 
-def main(spec_path: str) -> None:
+def main(spec_path: str) -> int:
     spec = json.loads(open(spec_path).read())
-    connect()
+    connect(spec.get("address"))
     task = build_task(spec["task"], spec["task_config"], spec["files"])
     cfg = TypeAdapter(TrainConfig).validate_python(spec["train"])
     tracker = RunTracker.create(spec["tracking_uri"], spec["experiment"], spec["run_name"])
-    fit(task, cfg, [ShardSource(spec["shards"])], spec["storage"], spec["run_name"],
-        tracking={"tracking_uri": spec["tracking_uri"], "run_id": tracker.run_id})
+    try:
+        fit(task, cfg, [ShardSource(spec["shards"])], spec["storage"], spec["run_name"],
+            tracking={"tracking_uri": spec["tracking_uri"], "run_id": tracker.run_id})
+    except TrainingStopped as exc:
+        tracker.finish("KILLED")
+        print("TRAINING STOPPED:", exc, flush=True)
+        return 143
     tracker.finish()
-    print("TRAINING DONE", tracker.run_id)
+    print("TRAINING DONE", tracker.run_id, flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    sys.exit(main(sys.argv[1]))
