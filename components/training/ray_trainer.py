@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
@@ -14,7 +16,10 @@ from components.data.shard_reader import ShardSetError
 from components.training.stop_request import TrainingStopped, stop_on_sigterm
 from components.training.task import Task
 from components.training.train_config import TrainConfig
+from components.training.worker_logs import LOG_FOLDER, download_worker_logs
 from components.training.worker_loop import train_loop_per_worker
+
+log = logging.getLogger("tvp.train")
 
 
 def _check_sources(sources: Sequence[ShardSource], cfg: TrainConfig) -> None:
@@ -45,7 +50,12 @@ def fit(
     """
     _check_sources(sources, cfg)
     with stop_on_sigterm() as (stop_name, stop_actor):
-        result = _trainer(task, cfg, sources, storage_path, run_name, {**(tracking or {}), "stop_actor": stop_name}).fit()
+        try:
+            result = _trainer(task, cfg, sources, storage_path, run_name,
+                              {**(tracking or {}), "stop_actor": stop_name}).fit()
+        finally:
+            if tracking:
+                _archive_worker_logs(storage_path, run_name, tracking)
         stop_reason = ray.get(stop_actor.reason.remote())
     if stop_reason:
         step = (result.metrics or {}).get("step", "?")
@@ -54,6 +64,18 @@ def fit(
     if result.checkpoint is None:
         raise RuntimeError(f"training run {run_name} finished without a checkpoint")
     return result.checkpoint
+
+
+def _archive_worker_logs(storage_path: str | Path, run_name: str, tracking: dict[str, Any]) -> None:
+    """Copy the workers' logs (every attempt's) from the run's storage to its MLflow run, under ``worker_logs/``."""
+    from components.tracking.run_tracker import UNAVAILABLE, RunTracker  # MLflow only where it is used
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            if download_worker_logs(storage_uri(storage_path), run_name, tmp):
+                RunTracker(tracking["tracking_uri"], tracking["run_id"]).log_artifacts(tmp, LOG_FOLDER)
+        except (*UNAVAILABLE, OSError) as exc:
+            log.warning("could not archive the worker logs to MLflow: %s", exc)
 
 
 def storage_uri(path: str | Path) -> str:

@@ -33,6 +33,7 @@ class TrainConfig:
     # across workers, so not every step); if so, checkpoint right away.
     preemption_check_every_steps: int = 10
     placement_strategy: Literal["PACK", "SPREAD"] = "PACK"  # SPREAD puts workers on as many nodes as it can
+    system_metrics_every_s: float = 10.0  # rank 0 logs its machine's CPU, memory, disk, network (and GPU memory); 0: never
     max_failures: int = 0  # worker-group restarts Ray Train may make, each resuming from the latest checkpoint
     num_workers: int = 2  # Ray Train workers (processes)
     cpus_per_worker: float = 1.0

@@ -12,6 +12,7 @@ had trained on. Only rank 0 writes checkpoints and talks to MLflow.
 from __future__ import annotations
 
 import logging
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from pydantic import TypeAdapter
 
 from components.data.rank_reader import SAMPLE_ID, rank_batches
 from components.data.shard_plan import EpochPlanner, ShardSource, rank_shards
+from components.tracking.system_metrics import SystemSampler
 from components.training.checkpoint import load_weights, save_checkpoint_state
 from components.training.optimizers import build_adamw
 from components.training.parallel import full_state_dict, load_full_state_dict, wrap_model
@@ -40,6 +42,7 @@ from components.training.train_state import (
 )
 from components.training.throughput import EpochMeter
 from components.training.train_step import OptimizerStep
+from components.training.worker_logs import attach_worker_log
 
 log = logging.getLogger("tvp.train")
 
@@ -85,7 +88,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if state is not None:
                 position = restore_train_state(model, step_fn, state)
 
-    tracker = None
+    storage = ctx.get_storage()
+    worker_log = attach_worker_log(storage.storage_filesystem, storage.experiment_fs_path, rank)
+    log.info("rank %d of %d on %s, device %s", rank, world, socket.gethostname(), device)
+
+    tracker = sampler = None
     if rank == 0:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         if resumed:
@@ -94,6 +101,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             from components.tracking.run_tracker import RunTracker  # MLflow only where it is used
 
             tracker = RunTracker(config["tracking_uri"], config["run_id"])
+            sampler = SystemSampler(cfg.system_metrics_every_s)
 
     def report(metrics: dict[str, float]) -> None:
         weights = full_state_dict(model)  # collectives under FSDP: every rank takes part
@@ -105,6 +113,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 save_train_state(tmp, state)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report({**metrics, **position}, checkpoint=checkpoint)
+        worker_log.save()
 
     sample_log = None
     if cfg.sample_log_dir:
@@ -145,6 +154,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             position = {"epoch": epoch, "epoch_step": done, "step": step}
             if tracker and step % cfg.log_every == 0:
                 tracker.log_metrics(metrics, step)
+            if sampler and sampler.due():
+                tracker.log_metrics(sampler.sample(), step)
             due_steps = cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0
             due_time = cfg.checkpoint_every_minutes and time.monotonic() - last_checkpoint > 60 * cfg.checkpoint_every_minutes
             stopping = stop_watcher.agreed()
@@ -182,3 +193,4 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         gap = tracker.flush()
         if gap["undelivered"] or gap["delivered_late"]:
             log.warning("tracking gap: %(undelivered)d metric values never reached MLflow, %(delivered_late)d arrived late", gap)
+    worker_log.save()

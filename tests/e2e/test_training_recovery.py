@@ -1,4 +1,4 @@
-"""Training that survives, on a two-node Ray cluster with checkpoints in S3 (moto on loopback).
+"""Training that survives, on a multi-node Ray cluster with checkpoints in S3 (moto on loopback).
 
 One combined run keeps the suite fast: a node drained for preemption (the
 workers checkpoint just in time), its worker SIGKILLed and the node removed
@@ -111,7 +111,8 @@ def restarts(tmp_path: Path) -> int:
 
 
 def last_logged_step(tmp_path: Path) -> int:
-    return max((s for s, _ in logged_steps(tmp_path, 0)), default=0)
+    """The last step both ranks have started."""
+    return min(max((s for s, _ in logged_steps(tmp_path, rank)), default=0) for rank in (0, 1))
 
 
 def act_after_commit(tmp_path: Path, min_step: int, driver: subprocess.Popen, action) -> int:
@@ -150,6 +151,17 @@ def raylet_pid(node) -> int:
     return node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
 
 
+def drain_for_preemption(address: str, node_id: str, deadline_s: int = 60) -> None:
+    """What ``ray drain-node --reason DRAIN_NODE_REASON_PREEMPTION`` (and the autoscaler on a spot reclaim) does."""
+    import ray._raylet
+    from ray.core.generated import autoscaler_pb2
+
+    reason = autoscaler_pb2.DrainNodeReason.Value("DRAIN_NODE_REASON_PREEMPTION")
+    deadline_ms = time.time_ns() // 1_000_000 + deadline_s * 1000
+    accepted, message = ray._raylet.GcsClient(address=address).drain_node(node_id, reason, "spot reclaim", deadline_ms)
+    assert accepted, message
+
+
 def start_driver(spec: Path, log: Path) -> subprocess.Popen:
     """The driver in a subprocess, its output in ``log`` (a pipe nobody reads could fill and stall it)."""
     env = {**os.environ, **FAST_POLLING}
@@ -158,8 +170,8 @@ def start_driver(spec: Path, log: Path) -> subprocess.Popen:
 
 
 @pytest.fixture
-def two_node_cluster(ray_address, s3_env, monkeypatch):
-    """A head with no CPUs (driver side) and two 2-CPU worker nodes, all on loopback, every process seeing S3.
+def multi_node_cluster(ray_address, s3_env, monkeypatch):
+    """A head with no CPUs (driver side) and three 2-CPU worker nodes, all on loopback, every process seeing S3.
 
     This process stays connected to the session's own Ray head (it builds the shards there).
     """
@@ -170,7 +182,7 @@ def two_node_cluster(ray_address, s3_env, monkeypatch):
     create_bucket(s3_env, BUCKET)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": True,
                                                             "dashboard_host": "127.0.0.1", "dashboard_port": 0})
-    workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
+    workers = [cluster.add_node(num_cpus=2) for _ in range(3)]  # two for the workers, one spare
     cluster.wait_for_nodes()
     yield cluster, workers
     # Not cluster.shutdown(): it also resets this process's Ray state, which the session's own head still needs.
@@ -178,22 +190,20 @@ def two_node_cluster(ray_address, s3_env, monkeypatch):
         cluster.remove_node(node, allow_graceful=False)
 
 
-def test_failures_on_two_nodes_resume_exactly_with_one_mlflow_run(two_node_cluster, tmp_path):
-    cluster, nodes = two_node_cluster
+def test_failures_on_a_multi_node_cluster_resume_exactly_with_one_mlflow_run(multi_node_cluster, tmp_path):
+    cluster, nodes = multi_node_cluster
     spec = write_spec(tmp_path, make_shards(tmp_path), cluster.address)
     total = EPOCHS * STEPS_PER_EPOCH
 
     # A spot reclaim: the node of one worker is drained for preemption and the workers checkpoint at once;
-    # a replacement node joins; the worker on the reclaimed node is SIGKILLed and its node removed. Ray
-    # Train restarts the group across the nodes left.
+    # then the worker on the reclaimed node is SIGKILLed and its node removed. Ray Train restarts the group
+    # on the nodes left (the spare one included).
     def drain_a_node():
         workers = train_workers()
         assert len(set(workers.values())) == 2, "SPREAD should put the two workers on two nodes"
         worker, raylet = max(workers.items())
         node = next(n for n in nodes if raylet_pid(n) == raylet)
-        subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "drain-node", "--address", cluster.address,
-                        "--node-id", node.node_id, "--reason", "DRAIN_NODE_REASON_PREEMPTION",
-                        "--reason-message", "spot reclaim", "--deadline-remaining-seconds", "60"], check=True)
+        drain_for_preemption(cluster.address, node.node_id)
         reclaimed.append((worker, node))
 
     reclaimed: list = []
@@ -202,21 +212,20 @@ def test_failures_on_two_nodes_resume_exactly_with_one_mlflow_run(two_node_clust
     wait_until(lambda: committed().get("trigger") == "preemption" and last_logged_step(tmp_path) > committed_step(),
                driver, "a just-in-time checkpoint on preemption")
     at_failure = [committed_step()]
-    nodes.append(cluster.add_node(num_cpus=2))
     worker, node = reclaimed[0]
     os.kill(worker, signal.SIGKILL)
     cluster.remove_node(node, allow_graceful=False)
     nodes.remove(node)
 
     # Once the group on the new node has checkpointed again, the driver dies.
-    wait_until(lambda: restarts(tmp_path) == 1, driver, "the worker group to resume on the new node")
-    at_failure.append(act_after_commit(tmp_path, at_failure[-1] + 1, driver, lambda: driver.send_signal(signal.SIGKILL)))
+    wait_until(lambda: restarts(tmp_path) == 1, driver, "the worker group to resume on the spare node")
+    at_failure.append(act_after_commit(tmp_path, committed_step() + 1, driver, lambda: driver.send_signal(signal.SIGKILL)))
     driver.wait()
     assert "a node of this run is being preempted: checkpointing at step" in (tmp_path / "driver1.log").read_text()
 
     driver = start_driver(spec, tmp_path / "driver2.log")  # same storage path and run name: resumes
     wait_until(lambda: restarts(tmp_path) == 2, driver, "the restarted driver to resume")
-    act_after_commit(tmp_path, at_failure[-1] + 1, driver, lambda: driver.send_signal(signal.SIGTERM))
+    act_after_commit(tmp_path, committed_step() + 1, driver, lambda: driver.send_signal(signal.SIGTERM))
     driver.wait(timeout=120)
     out = (tmp_path / "driver2.log").read_text()
     assert driver.returncode == 143 and "TRAINING STOPPED" in out, out[-3000:]
@@ -254,6 +263,12 @@ def test_failures_on_two_nodes_resume_exactly_with_one_mlflow_run(two_node_clust
     metrics = runs[0].data.metrics
     assert 0 <= metrics["data_wait_fraction"] <= 1 and metrics["tokens_per_s"] > 0 and metrics["samples_per_s"] > 0
     assert metrics["peak_memory_mb_worker0"] > 50 and metrics["peak_memory_mb_worker1"] > 50
+    assert 0 <= metrics["system/cpu_utilization_percentage"] <= 100 and metrics["system/process_memory_rss_megabytes"] > 50
+    # Every worker group's log, the killed ones' included, is archived to the run from the run's storage.
+    archived = client.list_artifacts(runs[0].info.run_id, "worker_logs")
+    assert len(archived) >= 6, [a.path for a in archived]
+    texts = [Path(client.download_artifacts(runs[0].info.run_id, a.path, str(tmp_path))).read_text() for a in archived]
+    assert sum("resuming at epoch" in text for text in texts) >= 3
 
     with s3().open_input_stream(f"{BUCKET}/recovery/checkpoint_manager_snapshot.json") as f:
         snapshot = json.loads(f.read())

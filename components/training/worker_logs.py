@@ -1,0 +1,61 @@
+"""Each worker's log, kept beside the run's checkpoints; the driver archives them to the MLflow run.
+
+Workers write to the run's storage (a shared folder or object storage),
+not to MLflow: only one process writes to the tracking store, and a
+worker group that is killed still leaves the log it had saved at its last
+checkpoint for the driver to archive.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pyarrow.fs
+
+LOG_FOLDER = "worker_logs"
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class WorkerLog(logging.Handler):
+    """Collects the ``tvp`` loggers' records of one worker; ``save()`` (re)writes them to storage."""
+
+    def __init__(self, filesystem: pyarrow.fs.FileSystem, run_fs_path: str, rank: int):
+        super().__init__(logging.INFO)
+        self.setFormatter(logging.Formatter(FORMAT))
+        started = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        self.filesystem = filesystem
+        self.path = f"{run_fs_path}/{LOG_FOLDER}/{started}-rank{rank}.log"
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+    def save(self) -> None:
+        self.filesystem.create_dir(self.path.rsplit("/", 1)[0], recursive=True)
+        with self.filesystem.open_output_stream(self.path) as out:
+            out.write(("\n".join(self.lines) + "\n").encode())
+
+
+def attach_worker_log(filesystem: pyarrow.fs.FileSystem, run_fs_path: str, rank: int) -> WorkerLog:
+    handler = WorkerLog(filesystem, run_fs_path, rank)
+    logger = logging.getLogger("tvp")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    return handler
+
+
+def download_worker_logs(storage_uri: str, run_name: str, dst: str | Path) -> list[Path]:
+    """Copy every saved worker log of run ``run_name`` under ``storage_uri`` into ``dst``."""
+    filesystem, base = pyarrow.fs.FileSystem.from_uri(storage_uri)
+    folder = f"{base.rstrip('/')}/{run_name}/{LOG_FOLDER}"
+    infos = filesystem.get_file_info(pyarrow.fs.FileSelector(folder, allow_not_found=True))
+    copied = []
+    for info in sorted(infos, key=lambda i: i.path):
+        if info.type == pyarrow.fs.FileType.File:
+            target = Path(dst) / info.base_name
+            with filesystem.open_input_stream(info.path) as src:
+                target.write_bytes(src.read())
+            copied.append(target)
+    return copied
