@@ -286,7 +286,7 @@ def test_fetch_all_of_nothing():
 
 
 def _self_signed(tmp_path, name: str):
-    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography import x509  # installed with moto, a test dependency
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
