@@ -23,6 +23,7 @@ import ray.train.torch
 import torch
 from pydantic import TypeAdapter
 
+from components.data.background_iterator import BackgroundIterator
 from components.data.rank_reader import SAMPLE_ID, rank_batches
 from components.data.shard_plan import EpochPlanner, ShardSource, rank_shards
 from components.tracking.system_metrics import SystemSampler
@@ -124,16 +125,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     saved_for_preemption = False
     stopping = False
     last_checkpoint = time.monotonic()
+    def epoch_reader(epoch: int, skip_steps: int) -> BackgroundIterator:
+        shards = rank_shards(plans.shards(epoch), rank, world)
+        return BackgroundIterator(lambda: rank_batches(
+            shards, task.columns, task.transform_batch, cfg.micro_batch_size, cfg.shuffle_buffer,
+            seed=step_seed(cfg.seed, rank, epoch), skip=skip_steps * cfg.grad_accum_steps,
+        ))
+
     step = position["step"]
+    next_reader = None
     for epoch in range(position["epoch"], cfg.epochs + 1):
         model.train()
         steps_this_epoch = plans.steps(epoch, world, per_rank_step)
         done = position["epoch_step"] if epoch == position["epoch"] else 0
-        batches = rank_batches(
-            rank_shards(plans.shards(epoch), rank, world), task.columns, task.transform_batch,
-            cfg.micro_batch_size, cfg.shuffle_buffer, seed=step_seed(cfg.seed, rank, epoch),
-            skip=done * cfg.grad_accum_steps,
-        )
+        batches = next_reader or epoch_reader(epoch, done)
+        # The next epoch's pipeline starts now, in the background, so that its start-up overlaps this epoch.
+        next_reader = epoch_reader(epoch + 1, 0) if epoch < cfg.epochs else None
         meter = EpochMeter()
         groups = _grouped(batches, cfg.grad_accum_steps)
         while done < steps_this_epoch:
@@ -172,6 +179,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 last_checkpoint = time.monotonic()
             if stopping:
                 break
+        batches.close()
+        if stopping and next_reader:
+            next_reader.close()
         if stopping and done < steps_this_epoch:
             break  # mid-epoch: checkpointed above; the epoch's metrics come when it is finished after resuming
         position = {"epoch": epoch + 1, "epoch_step": 0, "step": step}
