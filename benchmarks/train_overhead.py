@@ -32,9 +32,10 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from cluster.ray_cluster import connect  # noqa: E402
 from components.data.digits_demo_data import build_digits_tables  # noqa: E402
 from components.data.image_text_stage import shard_image_text_table  # noqa: E402
-from components.data.image_text_table import ImageTextTable  # noqa: E402
+from components.data.image_text_shard import IngestConfig  # noqa: E402
 from components.data.shard_plan import ShardSource, read_shard_refs  # noqa: E402
 from components.data.tokenizer import train_caption_tokenizer  # noqa: E402
+from components.data.url_table import TableSpec  # noqa: E402
 from components.tracking.run_tracker import RunTracker  # noqa: E402
 from components.training.clip_task import TOKENIZER_FILE, ClipTask, ClipTaskConfig  # noqa: E402
 from components.training.optimizers import build_adamw  # noqa: E402
@@ -50,7 +51,7 @@ def prepare(work: Path) -> tuple[ClipTask, DemoConfig, Path]:
     cfg = load_config(DemoConfig, "tiny")
     tables = build_digits_tables(work / "source", cfg.data.source_size, cfg.data.heldout_fraction, cfg.data.seed)
     shards = work / "shards"
-    shard_image_text_table(ImageTextTable(str(tables.train)), shards, cfg.data.image, cfg.data.rows_per_shard)
+    shard_image_text_table(TableSpec(str(tables.train)), shards, IngestConfig(cfg.data.image), cfg.data.rows_per_shard)
     captions = pq.read_table(tables.train, columns=["caption"]).column("caption").to_pylist()
     tokenizer = train_caption_tokenizer(captions, cfg.model.text.vocab_size)
     return ClipTask(ClipTaskConfig(model=cfg.model), {TOKENIZER_FILE: tokenizer.to_str()}), cfg, shards

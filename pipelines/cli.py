@@ -52,24 +52,70 @@ def _build_parser() -> argparse.ArgumentParser:
     sources = ingest.add_subparsers(dest="source", required=True, metavar="SOURCE")
     image_text = sources.add_parser(
         "image-text",
-        help="an image-text Parquet table (image location + caption) → shards",
+        help="an image-text table (image URL or path + caption) → shards, downloading as needed",
         description=(
-            "Read a Parquet table with an image location column (a path relative to the table, an absolute path "
-            "or a file:// URL) and a caption column; decode, check, resize and re-encode every image in parallel "
-            "with Ray Data; write NNNNN.tar, NNNNN.parquet (every row with its status) and NNNNN_stats.json per "
-            "shard, then sizes.json and manifest.json. Rerunning into the same folder completes missing shards only."
+            "Read a table of image locations (http(s):// URLs, file:// URLs, absolute paths or paths relative to "
+            "the table) and captions: Parquet, CSV, TSV or JSON Lines, each optionally gzipped, a file or a folder "
+            "of files. Download (many requests per task, with timeouts, retries and X-Robots-Tag opt-outs "
+            "honoured; never to private, loopback, link-local or metadata addresses unless --allow-address names "
+            "them), decode, filter, resize and re-encode every image with Ray Data; drop later copies of the same "
+            "image; write NNNNN.tar, NNNNN.parquet (every row with its status) and NNNNN_stats.json per shard, then "
+            "sizes.json and manifest.json. Rerunning with the same arguments completes missing shards only."
         ),
     )
-    image_text.add_argument("table", help="the Parquet table")
+    image_text.add_argument("table", help="a table file or a folder of them (local path, file:// or s3:// URI)")
     image_text.add_argument("--output", required=True, help="folder for the shard set")
-    image_text.add_argument("--url-column", default="url", help="column with the image location (default: url)")
-    image_text.add_argument("--caption-column", default="caption", help="column with the caption (default: caption)")
-    image_text.add_argument("--image-size", type=int, default=256, help="output side in pixels (default: 256)")
-    image_text.add_argument("--resize-mode", default="border", choices=["no", "border", "center_crop"],
-                            help="border: fit and pad; center_crop: fill and crop; no: keep (default: border)")
-    image_text.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality of stored images (default: 95)")
-    image_text.add_argument("--rows-per-shard", type=int, default=10_000, help="input rows per shard (default: 10000)")
+    table = image_text.add_argument_group("input table")
+    table.add_argument("--format", default="auto", choices=["auto", "parquet", "csv", "tsv", "jsonl"],
+                       help="table format (default: from each file's extension)")
+    table.add_argument("--url-column", default="url", help="column with the image location (default: url; LAION: URL)")
+    table.add_argument("--caption-column", default="caption",
+                       help="column with the caption (default: caption; LAION: TEXT)")
+    table.add_argument("--no-header", action="store_true", help="csv/tsv files have no header line (CC3M)")
+    table.add_argument("--column-names", default=None,
+                       help="comma-separated column names for csv/tsv files (CC3M: caption,url)")
+    images = image_text.add_argument_group("images and filters")
+    images.add_argument("--image-size", type=int, default=256, help="output side in pixels (default: 256)")
+    images.add_argument("--resize-mode", default="border",
+                        choices=["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"],
+                        help="border: fit and pad; keep_ratio: shorter side to size; keep_ratio_largest: longer side "
+                             "to size; center_crop: fill and crop; no: keep (default: border)")
+    images.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality of stored images (default: 95)")
+    images.add_argument("--min-image-size", type=int, default=1, help="refuse images with a shorter side (default: 1)")
+    images.add_argument("--max-aspect-ratio", type=float, default=0.0,
+                        help="refuse images longer than this many times their width or height (default: 0, off)")
+    images.add_argument("--max-pixels", type=int, default=64_000_000,
+                        help="refuse images with more pixels, before decoding them (default: 64000000)")
+    images.add_argument("--min-caption-length", type=int, default=1, help="characters (default: 1)")
+    images.add_argument("--max-caption-length", type=int, default=None, help="characters (default: no limit)")
+    images.add_argument("--no-dedup", action="store_true",
+                        help="keep later copies of the same image (by default the first in input order is kept)")
+    download = image_text.add_argument_group("downloading")
+    download.add_argument("--timeout", type=float, default=10.0, help="seconds per request, body included (default: 10)")
+    download.add_argument("--retries", type=int, default=2, help="retries of timeouts, resets and 5xx (default: 2)")
+    download.add_argument("--user-agent", default=None, help="User-Agent header (default: tvp's)")
+    download.add_argument("--ignore-opt-out", action="store_true",
+                          help="download even where X-Robots-Tag says noai, noimageai, noindex or noimageindex")
+    download.add_argument("--allow-address", action="append", default=[], metavar="IP_OR_CIDR",
+                          help="let downloads reach this private/loopback address or network (repeatable)")
+    work = image_text.add_argument_group("work")
+    work.add_argument("--rows-per-shard", type=int, default=10_000, help="input rows per shard (default: 10000)")
+    work.add_argument("--processes", type=int, default=None,
+                      help="shards processed at once (default: the Ray cluster's CPUs)")
+    work.add_argument("--threads", type=int, default=32, help="rows fetched and processed at once per shard (default: 32)")
     _add_address(image_text)
+
+    inspect = commands.add_parser(
+        "inspect",
+        help="counts, sizes and failures of a shard set, and a contact sheet of its pictures",
+        description=("Print a shard set's counts, sizes and failures by category (from its stats files, so an "
+                     "unfinished set can be inspected too) and write a contact sheet: a grid of sample pictures "
+                     "with their captions."),
+    )
+    inspect.add_argument("shards", help="the shard set folder")
+    inspect.add_argument("--contact-sheet", default=None,
+                         help="where to write the contact sheet (default: SHARDS/contact_sheet.jpg)")
+    inspect.add_argument("--samples", type=int, default=24, help="pictures on the contact sheet (default: 24)")
 
     train = commands.add_parser(
         "train",
@@ -210,19 +256,43 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _ingest(args: argparse.Namespace) -> None:
-    from components.data.image_processing import ImageConfig
-    from components.data.image_text_table import ImageTextTable
+    from pydantic import ValidationError
 
-    if args.rows_per_shard < 1 or args.image_size < 1:
-        raise _usage_error("--rows-per-shard and --image-size must be positive")
-    ImageTextTable(args.table, args.url_column, args.caption_column)  # fail on bad input before Ray starts
+    from components.data.address_guard import AddressGuard
+    from components.data.image_processing import ImageConfig
+    from components.data.image_text_shard import IngestConfig
+    from components.data.url_fetcher import DEFAULT_USER_AGENT, FetchConfig
+    from components.data.url_table import TableSpec, describe
+
+    for flag in ("rows_per_shard", "image_size", "threads", "timeout", "max_pixels"):
+        if getattr(args, flag) <= 0:
+            raise _usage_error(f"--{flag.replace('_', '-')} must be positive")
+    names = tuple(n.strip() for n in args.column_names.split(",")) if args.column_names else None
+    spec = TableSpec(args.table, args.format, args.url_column, args.caption_column, not args.no_header, names)
+    describe(spec)  # fail on a bad table before Ray starts
+    try:
+        fetch = FetchConfig(timeout_s=args.timeout, retries=args.retries, honour_opt_out=not args.ignore_opt_out,
+                            user_agent=args.user_agent or DEFAULT_USER_AGENT,
+                            allowed_addresses=tuple(args.allow_address))
+        image = ImageConfig(image_size=args.image_size, resize_mode=args.resize_mode, jpeg_quality=args.jpeg_quality,
+                            max_pixels=args.max_pixels, min_size=args.min_image_size,
+                            max_aspect_ratio=args.max_aspect_ratio)
+        cfg = IngestConfig(image, fetch, args.threads, args.min_caption_length, args.max_caption_length)
+        AddressGuard(fetch.allowed_addresses)  # a malformed --allow-address fails here, not in every task
+    except (ValueError, ValidationError) as exc:
+        raise _usage_error(str(exc).splitlines()[0]) from exc
 
     from cluster.ray_cluster import connect
     from pipelines.ingest_image_text import ingest_image_text
 
     connect(args.address)
-    image = ImageConfig(image_size=args.image_size, resize_mode=args.resize_mode, jpeg_quality=args.jpeg_quality)
-    ingest_image_text(args.table, args.output, image, args.rows_per_shard, args.url_column, args.caption_column)
+    ingest_image_text(spec, args.output, cfg, args.rows_per_shard, args.processes, not args.no_dedup)
+
+
+def _inspect(args: argparse.Namespace) -> None:
+    from pipelines.inspect_shards import inspect_shards
+
+    inspect_shards(args.shards, args.contact_sheet, args.samples)
 
 
 def _usage_error(message: str) -> Exception:
@@ -232,7 +302,7 @@ def _usage_error(message: str) -> Exception:
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
-    from components.data.image_text_table import TableError
+    from components.data.url_table import TableError
     from components.data.shard_reader import ShardSetError
     from components.tracking.tracking_store import TrackingUnavailable
     from mlflow.exceptions import MlflowException
@@ -259,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
 
         use_loopback_only()  # our own local Ray instance stays on 127.0.0.1
     try:
-        commands = {"demo": _demo, "ingest": _ingest, "train": _train, "evaluate": _evaluate, "promote": _promote}
+        commands = {"demo": _demo, "ingest": _ingest, "inspect": _inspect, "train": _train, "evaluate": _evaluate,
+                    "promote": _promote}
         commands[args.command](args)
     except _known_errors() as exc:
         lines = str(exc).strip().splitlines() or [type(exc).__name__]

@@ -12,6 +12,8 @@ from pydantic import Field, model_validator
 from components.data.atomic_files import write_json_atomic
 from components.data.digits_demo_data import CLASS_NAMES, PROMPT_TEMPLATES, build_digits_tables
 from components.data.image_processing import ImageConfig
+from components.data.image_text_shard import IngestConfig
+from components.data.url_table import TableSpec
 from components.data.shard_plan import ShardSource
 from pipelines.ingest_image_text import ingest_image_text
 from pipelines.train import ClipTrainConfig, Strict, prepare_services, train_and_register
@@ -62,8 +64,11 @@ def run_demo(
 
     echo("[2/3] sharding with Ray Data (decode, validate, resize, write WebDataset)")
     shards = {split: work / "shards" / split for split in ("train", "heldout")}
-    train_manifest = ingest_image_text(tables.train, shards["train"], cfg.data.image, cfg.data.rows_per_shard, echo=echo)
-    heldout_manifest = ingest_image_text(tables.heldout, shards["heldout"], cfg.data.image, cfg.data.rows_per_shard, echo=echo)
+    ingest = IngestConfig(image=cfg.data.image)
+    train_manifest = ingest_image_text(TableSpec(str(tables.train)), shards["train"], ingest, cfg.data.rows_per_shard,
+                                       echo=echo)
+    heldout_manifest = ingest_image_text(TableSpec(str(tables.heldout)), shards["heldout"], ingest,
+                                         cfg.data.rows_per_shard, echo=echo)
 
     echo("[3/3] training, zero-shot evaluation with unseen prompt templates, registration")
     run_name = f"clip-demo-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -1,69 +1,134 @@
-"""The Ray Data stage that turns an image-text table into a shard set.
+"""The Ray Data stage that turns an image-text URL table into a shard set.
 
-The table is cut into row ranges; Ray Data runs one task per missing shard
-(reading, decoding, validating, resizing and writing it), so shards that a
-previous run completed are skipped and keys never depend on scheduling.
+1. Plan: the table is streamed once and cut into shards by input row count;
+   each missing shard's rows are saved to ``_inputs/NNNNN.parquet`` (memory
+   stays at about one shard, however large the table).
+2. Shards: Ray Data runs one task per missing shard (fetch, check, process,
+   write), ``processes`` at a time; completed shards are never redone.
+3. Dedup: once every shard is complete, later copies of an image are dropped
+   (``components/data/dedup.py``).
+4. ``sizes.json`` and ``manifest.json``; the planned inputs are removed.
+
+Keys and shard boundaries depend on the input alone, so a rerun after a crash
+gives exactly the set an uninterrupted run gives.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
+import pyarrow.parquet as pq
+import ray
 import ray.data
 
-from components.data.image_processing import ImageConfig
-from components.data.image_text_shard import ShardSpec, plan_shards, write_image_text_shard
-from components.data.image_text_table import ImageTextTable
+from components.data.atomic_files import TMP_SUFFIX
+from components.data.dedup import remove_duplicates
+from components.data.image_text_shard import IngestConfig, write_image_text_shard
 from components.data.shard_reader import ShardSetError
-from components.data.shard_writer import completed_shards, finalize_shard_set, remove_partial_files
+from components.data.shard_writer import completed_shards, finalize_shard_set, remove_partial_files, shard_name
+from components.data.url_table import TableSpec, describe, iter_shards, resolve_files
+
+INPUTS = "_inputs"
+ShardDone = Callable[[dict[str, Any], int, int], None]
 
 
-def _write_one(row: dict[str, Any], table: ImageTextTable, out_dir: str, cfg: ImageConfig, fingerprint: str) -> dict:
-    spec = ShardSpec(int(row["shard_id"]), int(row["start"]), int(row["stop"]))
-    stats = write_image_text_shard(table, spec, out_dir, cfg, extra_stats={"config_fingerprint": fingerprint})
+def _source(spec: TableSpec) -> dict[str, Any]:
+    """What the shard set was made from: the table's files, their sizes and the columns used."""
+    fs, files = resolve_files(spec)
+    sizes = [info.size for info in fs.get_file_info([f for f, _ in files])]
+    return {**describe(spec), "sizes": sizes, "header": spec.header, "column_names": spec.column_names}
+
+
+def _base_dir(spec: TableSpec) -> str:
+    """Where relative image paths in a local table point: the table's folder."""
+    if "://" in spec.path and not spec.path.startswith("file://"):
+        return ""
+    path = Path(spec.path.removeprefix("file://"))
+    return str(path if path.is_dir() else path.parent)
+
+
+def plan_inputs(spec: TableSpec, out: Path, rows_per_shard: int, done: set[int]) -> tuple[list[dict], int, int]:
+    """Save each missing shard's rows; return (pending shards, number of shards, number of input rows)."""
+    (out / INPUTS).mkdir(exist_ok=True)
+    pending, shards, total = [], 0, 0
+    for shard_id, first_row, rows in iter_shards(spec, rows_per_shard):
+        shards, total = shards + 1, total + rows.num_rows
+        if shard_id in done:
+            continue
+        path = out / INPUTS / f"{shard_name(shard_id)}.parquet"
+        if not path.exists():
+            pq.write_table(rows, path.with_name(path.name + TMP_SUFFIX))
+            os.replace(path.with_name(path.name + TMP_SUFFIX), path)
+        pending.append({"shard_id": shard_id, "first_row": first_row, "rows": rows.num_rows})
+    return pending, shards, total
+
+
+def _write_one(item: dict[str, Any], out_dir: str, cfg: IngestConfig, base_dir: str, fingerprint: str) -> dict:
+    shard_id = int(item["shard_id"])
+    rows = pq.read_table(Path(out_dir) / INPUTS / f"{shard_name(shard_id)}.parquet")
+    stats = write_image_text_shard(rows, shard_id, int(item["first_row"]), out_dir, cfg, base_dir,
+                                   extra_stats={"config_fingerprint": fingerprint})
     # Stats carry a dict of error counts whose keys vary by shard: pass JSON, not an Arrow struct.
     return {"stats": json.dumps(stats)}
 
 
-def shard_image_text_table(
-    table: ImageTextTable,
-    out_dir: str | Path,
-    cfg: ImageConfig,
-    rows_per_shard: int,
-    on_shard_done: Callable[[dict[str, Any], int, int], None] | None = None,
-) -> dict[str, Any]:
-    """Write the missing shards of ``table`` into ``out_dir`` and return the shard set's manifest.
+def _fingerprint(source: dict[str, Any], config: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps([source, config], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    ``on_shard_done(stats, done, total)`` is called as each shard completes.
-    A folder holding shards made from another table or config is refused.
-    """
-    out = Path(out_dir)
-    config = {"image": asdict(cfg), "rows_per_shard": rows_per_shard}
-    source = {"table": str(Path(table.path).resolve()), "url_column": table.url_column,
-              "caption_column": table.caption_column, "num_rows": table.num_rows}
-    fingerprint = hashlib.sha256(json.dumps([source, config], sort_keys=True).encode()).hexdigest()[:16]
-    out.mkdir(parents=True, exist_ok=True)
-    done = completed_shards(out)
+
+def _check_foreign(out: Path, done: dict[int, dict[str, Any]], fingerprint: str) -> None:
     foreign = sorted(i for i, s in done.items() if s.get("config_fingerprint") != fingerprint)
     if foreign:
-        raise ShardSetError(
-            f"{out} holds shards made from another table or config (shard {foreign[0]:05d}); use an empty output folder"
-        )
+        raise ShardSetError(f"{out} holds shards made from another table or config (shard {foreign[0]:05d}); "
+                            "use an empty output folder or the same arguments")
+
+
+def shard_image_text_table(
+    spec: TableSpec,
+    out_dir: str | Path,
+    cfg: IngestConfig,
+    rows_per_shard: int,
+    processes: int | None = None,
+    dedup: bool = True,
+    on_shard_done: ShardDone | None = None,
+    on_planned: Callable[[int, int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Write the missing shards of ``spec`` into ``out_dir`` and return the shard set's manifest.
+
+    ``on_planned(shards, pending, rows)`` is called once the table is cut; ``on_shard_done(stats, done,
+    total)`` as each shard completes. A folder holding shards made from another table or config is refused.
+    """
+    out = Path(out_dir)
+    source = _source(spec)  # clear errors on a bad table before anything is written
+    config = {**asdict(cfg), "rows_per_shard": rows_per_shard, "dedup": dedup}
+    config.pop("threads")  # how fast, not what
+    fingerprint = _fingerprint(source, config)
+    out.mkdir(parents=True, exist_ok=True)
+    done = completed_shards(out)
+    _check_foreign(out, done, fingerprint)
     remove_partial_files(out)
-    specs = [s for s in plan_shards(table.num_rows, rows_per_shard) if s.shard_id not in done]
-    total = len(done) + len(specs)
-    if specs:
-        items = [asdict(s) for s in specs]
-        dataset = ray.data.from_items(items, override_num_blocks=len(items)).map(
-            _write_one, fn_kwargs={"table": table, "out_dir": str(out), "cfg": cfg, "fingerprint": fingerprint}
+    pending, num_shards, num_rows = plan_inputs(spec, out, rows_per_shard, set(done))
+    if on_planned:
+        on_planned(num_shards, len(pending), num_rows)
+    if pending:
+        processes = processes or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        dataset = ray.data.from_items(pending, override_num_blocks=len(pending)).map(
+            _write_one, compute=ray.data.TaskPoolStrategy(size=min(processes, len(pending))),
+            fn_kwargs={"out_dir": str(out), "cfg": cfg, "base_dir": _base_dir(spec), "fingerprint": fingerprint},
         )
         finished = len(done)
         for row in dataset.iter_rows():
             finished += 1
             if on_shard_done:
-                on_shard_done(json.loads(row["stats"]), finished, total)
-    return finalize_shard_set(out, source, config)
+                on_shard_done(json.loads(row["stats"]), finished, num_shards)
+    if dedup:
+        remove_duplicates(out)
+    manifest = finalize_shard_set(out, source, config)
+    shutil.rmtree(out / INPUTS, ignore_errors=True)
+    return manifest

@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -40,13 +40,15 @@ def write_shard(
     out_dir: str | Path,
     shard_id: int,
     samples: Iterable[dict[str, Any]],
-    stats: dict[str, Any],
-    rows: pa.Table | None = None,
+    stats: dict[str, Any] | Callable[[], dict[str, Any]],
+    rows: pa.Table | Callable[[], pa.Table] | None = None,
 ) -> dict[str, Any]:
     """Write one complete shard and return its stats (with ``count``, ``bytes`` and ``sha256`` added).
 
     ``samples`` are webdataset sample dicts: a dot-free ``__key__`` and one
     entry per member extension (``jpg`` bytes, ``txt`` str, ``json`` dict, ...).
+    They may be a generator that is still producing; ``stats`` and ``rows`` may
+    then be functions, called once every sample is written.
     """
     out = Path(out_dir)
     name = shard_name(shard_id)
@@ -62,6 +64,8 @@ def write_shard(
                 writer.write(sample)
                 count += 1
     os.replace(tmp_tar, tar_path)
+    rows = rows() if callable(rows) else rows
+    stats = stats() if callable(stats) else stats
     if rows is not None:
         tmp_rows = out / f"{name}.parquet{TMP_SUFFIX}"
         pq.write_table(rows, tmp_rows)

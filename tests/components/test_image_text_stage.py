@@ -10,8 +10,11 @@ from PIL import Image
 
 from components.data.image_processing import ImageConfig
 from components.data.image_text_stage import shard_image_text_table
-from components.data.image_text_table import ImageTextTable, TableError
+from components.data.image_text_shard import IngestConfig
 from components.data.shard_reader import ShardSetError, iter_samples
+from components.data.url_table import TableSpec
+
+CFG = IngestConfig(ImageConfig(image_size=16))
 
 
 def make_table(tmp_path, rows_extra=()):
@@ -34,10 +37,11 @@ def make_table(tmp_path, rows_extra=()):
 
 
 def test_shards_count_failures_by_category_and_keep_every_row(ray_address, tmp_path):
-    table = ImageTextTable(str(make_table(tmp_path)))
+    table = TableSpec(str(make_table(tmp_path)))
     out = tmp_path / "shards"
     seen = []
-    manifest = shard_image_text_table(table, out, ImageConfig(image_size=16), 4, lambda s, d, t: seen.append((d, t)))
+    manifest = shard_image_text_table(table, out, CFG, 4,
+                                      on_shard_done=lambda s, d, t: seen.append((d, t)))
     assert manifest["num_samples"] == 7 and manifest["num_input_rows"] == 10 and manifest["num_shards"] == 3
     assert manifest["errors"] == {"decode": 1, "read": 1, "empty_caption": 1}
     assert sorted(seen) == [(1, 3), (2, 3), (3, 3)]
@@ -52,43 +56,24 @@ def test_shards_count_failures_by_category_and_keep_every_row(ray_address, tmp_p
 
 
 def test_rerun_completes_only_missing_shards(ray_address, tmp_path):
-    table = ImageTextTable(str(make_table(tmp_path)))
+    table = TableSpec(str(make_table(tmp_path)))
     out = tmp_path / "shards"
-    first = shard_image_text_table(table, out, ImageConfig(image_size=16), 4)
+    first = shard_image_text_table(table, out, CFG, 4)
     kept = (out / "00000_stats.json").stat().st_mtime_ns
     for name in ("00001.tar", "00001.parquet", "00001_stats.json", "manifest.json"):
         (out / name).unlink()
     (out / "00002_stats.json").unlink()  # a tar without stats is incomplete
     redone = []
-    second = shard_image_text_table(table, out, ImageConfig(image_size=16), 4, lambda s, d, t: redone.append(s["shard"]))
+    second = shard_image_text_table(table, out, CFG, 4,
+                                    on_shard_done=lambda s, d, t: redone.append(s["shard"]))
     assert sorted(redone) == ["00001", "00002"]
     assert (out / "00000_stats.json").stat().st_mtime_ns == kept
     assert second["content_hash"] == first["content_hash"]
 
 
 def test_a_folder_of_shards_from_another_config_is_refused(ray_address, tmp_path):
-    table = ImageTextTable(str(make_table(tmp_path)))
+    table = TableSpec(str(make_table(tmp_path)))
     out = tmp_path / "shards"
-    shard_image_text_table(table, out, ImageConfig(image_size=16), 4)
+    shard_image_text_table(table, out, CFG, 4)
     with pytest.raises(ShardSetError, match="another table or config"):
-        shard_image_text_table(table, out, ImageConfig(image_size=24), 4)
-
-
-def test_bad_tables_are_refused_with_the_reason(tmp_path):
-    with pytest.raises(TableError, match="does not exist"):
-        ImageTextTable(str(tmp_path / "nope.parquet"))
-    (tmp_path / "junk.parquet").write_text("this is not parquet")
-    with pytest.raises(TableError, match="not a readable Parquet"):
-        ImageTextTable(str(tmp_path / "junk.parquet"))
-    pq.write_table(pa.table({"URL": ["a"], "TEXT": ["b"]}), tmp_path / "laion.parquet")
-    with pytest.raises(TableError, match="no column 'url' \\(it has: URL, TEXT\\)"):
-        ImageTextTable(str(tmp_path / "laion.parquet"))
-    assert ImageTextTable(str(tmp_path / "laion.parquet"), "URL", "TEXT").num_rows == 1
-
-
-def test_read_rows_spans_row_groups(tmp_path):
-    path = tmp_path / "t.parquet"
-    pq.write_table(pa.table({"url": [str(i) for i in range(10)], "caption": ["c"] * 10}), path, row_group_size=3)
-    table = ImageTextTable(str(path))
-    assert table.read_rows(2, 8).column("url").to_pylist() == ["2", "3", "4", "5", "6", "7"]
-    assert table.read_rows(9, 10).column("url").to_pylist() == ["9"]
+        shard_image_text_table(table, out, IngestConfig(ImageConfig(image_size=24)), 4)

@@ -28,8 +28,9 @@ from PIL import Image
 
 from components.data.image_processing import ImageConfig
 from components.data.image_text_stage import shard_image_text_table
-from components.data.image_text_table import ImageTextTable
+from components.data.image_text_shard import IngestConfig
 from components.data.tokenizer import train_caption_tokenizer
+from components.data.url_table import TableSpec
 from components.models.clip import CLIPConfig, TextConfig
 from components.models.vit import ViTConfig
 from components.training.clip_task import TOKENIZER_FILE, ClipTask, ClipTaskConfig
@@ -53,8 +54,8 @@ def make_shards(tmp_path: Path) -> Path:
         rows["url"].append(f"img/{i}.png")
         rows["caption"].append(f"noise picture number {i % 7}")
     pq.write_table(pa.table(rows), tmp_path / "pairs.parquet")
-    shard_image_text_table(ImageTextTable(str(tmp_path / "pairs.parquet")), tmp_path / "shards",
-                           ImageConfig(image_size=32), ROWS_PER_SHARD)
+    shard_image_text_table(TableSpec(str(tmp_path / "pairs.parquet")), tmp_path / "shards",
+                           IngestConfig(ImageConfig(image_size=32)), ROWS_PER_SHARD)
     return tmp_path / "shards"
 
 
