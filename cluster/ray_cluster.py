@@ -39,6 +39,9 @@ def start_local(num_cpus: int | None = None) -> None:
     as the CLI and the tests do.
     """
     cpus = num_cpus or max(MIN_LOCAL_CPUS, LOCAL_CPU_FACTOR * (os.cpu_count() or 1))
+    # Ray announces on stderr that it enabled token authentication for the new instance (it stays enabled);
+    # the CLI's stderr is for its own one-line errors.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     # The dashboard serves the state API that Ray Train's placement-group
     # cleaner polls; it listens on loopback only.
     ray.init(

@@ -262,14 +262,14 @@ def _ingest(args: argparse.Namespace) -> None:
     from components.data.image_processing import ImageConfig
     from components.data.image_text_shard import IngestConfig
     from components.data.url_fetcher import DEFAULT_USER_AGENT, FetchConfig
-    from components.data.url_table import TableSpec, describe
+    from components.data.url_table import TableSpec, iter_row_batches
 
     for flag in ("rows_per_shard", "image_size", "threads", "timeout", "max_pixels"):
         if getattr(args, flag) <= 0:
             raise _usage_error(f"--{flag.replace('_', '-')} must be positive")
     names = tuple(n.strip() for n in args.column_names.split(",")) if args.column_names else None
     spec = TableSpec(args.table, args.format, args.url_column, args.caption_column, not args.no_header, names)
-    describe(spec)  # fail on a bad table before Ray starts
+    next(iter_row_batches(spec, 1), None)  # fail on a bad table (files, format, columns) before Ray starts
     try:
         fetch = FetchConfig(timeout_s=args.timeout, retries=args.retries, honour_opt_out=not args.ignore_opt_out,
                             user_agent=args.user_agent or DEFAULT_USER_AGENT,

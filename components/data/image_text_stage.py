@@ -53,9 +53,17 @@ def _base_dir(spec: TableSpec) -> str:
     return str(path if path.is_dir() else path.parent)
 
 
+def _forget_other_inputs(out: Path, fingerprint: str) -> None:
+    """Planned inputs are reused by a resumed run only if they were planned from the same table and config."""
+    marker = out / INPUTS / "FINGERPRINT"
+    if (out / INPUTS).exists() and (not marker.exists() or marker.read_text() != fingerprint):
+        shutil.rmtree(out / INPUTS)
+    (out / INPUTS).mkdir(exist_ok=True)
+    marker.write_text(fingerprint)
+
+
 def plan_inputs(spec: TableSpec, out: Path, rows_per_shard: int, done: set[int]) -> tuple[list[dict], int, int]:
     """Save each missing shard's rows; return (pending shards, number of shards, number of input rows)."""
-    (out / INPUTS).mkdir(exist_ok=True)
     pending, shards, total = [], 0, 0
     for shard_id, first_row, rows in iter_shards(spec, rows_per_shard):
         shards, total = shards + 1, total + rows.num_rows
@@ -109,11 +117,20 @@ def shard_image_text_table(
     config = {**asdict(cfg), "rows_per_shard": rows_per_shard, "dedup": dedup}
     config.pop("threads")  # how fast, not what
     fingerprint = _fingerprint(source, config)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     done = completed_shards(out)
     _check_foreign(out, done, fingerprint)
     remove_partial_files(out)
-    pending, num_shards, num_rows = plan_inputs(spec, out, rows_per_shard, set(done))
+    _forget_other_inputs(out, fingerprint)
+    try:
+        pending, num_shards, num_rows = plan_inputs(spec, out, rows_per_shard, set(done))
+    except Exception:  # a table that turns out malformed halfway: leave nothing behind that was not there
+        if not done:
+            shutil.rmtree(out / INPUTS, ignore_errors=True)
+            if created:
+                shutil.rmtree(out, ignore_errors=True)
+        raise
     if on_planned:
         on_planned(num_shards, len(pending), num_rows)
     if pending:

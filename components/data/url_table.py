@@ -126,8 +126,7 @@ def _one_line(exc: BaseException) -> str:
 def _check_columns(names: list[str], file: str, spec: TableSpec) -> None:
     missing = [c for c in (spec.url_column, spec.caption_column) if c not in names]
     if missing:
-        raise TableError(f"{file} has no column {', '.join(map(repr, missing))} (it has: {', '.join(names)});"
-                         " set url_column=/caption_column=")
+        raise TableError(f"{file} has no column {', '.join(map(repr, missing))} (it has: {', '.join(names)})")
     clashes = [n for n in ("url", "caption") if n in names and n not in (spec.url_column, spec.caption_column)]
     if clashes:
         raise TableError(f"{file}: extra column {clashes[0]!r} clashes with an output column name")

@@ -55,7 +55,13 @@ def test_ingest_refuses_missing_and_malformed_tables(tmp_path):
                           "does not exist")
     pq.write_table(pa.table({"URL": ["a.png"], "TEXT": ["x"]}), tmp_path / "laion.parquet")
     assert_one_line_error(run_tvp("ingest", "image-text", str(tmp_path / "laion.parquet"), "--output", str(out)),
-                          "no column 'url'")
+                          "no column 'url', 'caption' (it has: URL, TEXT)")
+    (tmp_path / "pairs.jsonl").write_text('{"url": "a.png", "caption": "fine"}\n{"url": "b.png", "caption": \n')
+    assert_one_line_error(run_tvp("ingest", "image-text", str(tmp_path / "pairs.jsonl"), "--output", str(out)),
+                          "pairs.jsonl:2")
+    (tmp_path / "pairs.csv").write_text("url,caption\na.png,fine\n")
+    assert_one_line_error(run_tvp("ingest", "image-text", str(tmp_path / "pairs.csv"), "--output", str(out),
+                                  "--allow-address", "not-an-address"), "'not-an-address' is neither")
     assert not out.exists()
 
 
@@ -68,7 +74,8 @@ def test_ingest_writes_a_shard_set(ray_address, tmp_path):
     result = run_tvp("ingest", "image-text", str(tmp_path / "pairs.parquet"), "--output", str(out),
                      "--url-column", "URL", "--caption-column", "TEXT", "--image-size", "24", "--rows-per-shard", "2")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "4 samples from 4 rows in 2 shards" in result.stdout
+    # The last row names the first picture again (as a file:// URL): the later copy is dropped.
+    assert "3 samples from 4 rows in 2 shards" in result.stdout and "duplicate 1" in result.stdout
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["num_samples"] == 4 and manifest["config"]["image"]["image_size"] == 24
+    assert manifest["num_samples"] == 3 and manifest["config"]["image"]["image_size"] == 24
     assert sorted(p.name for p in out.glob("*.tar")) == ["00000.tar", "00001.tar"]
