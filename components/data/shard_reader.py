@@ -10,8 +10,6 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
-import webdataset as wds
-
 
 class ShardSetError(ValueError):
     pass
@@ -35,6 +33,8 @@ def shard_paths(shard_dir: str | Path) -> list[str]:
 
 def iter_samples(shard_dir: str | Path) -> Iterator[dict[str, Any]]:
     """Every sample of a shard set in shard order, members as raw bytes (keys without the dot)."""
+    import webdataset as wds  # here, not at the top: it imports torch, which ingestion workers do not need
+
     dataset = wds.WebDataset(shard_paths(shard_dir), shardshuffle=False, empty_check=False)
     for sample in dataset:
         yield {k: v for k, v in sample.items() if not k.startswith("__") or k == "__key__"}

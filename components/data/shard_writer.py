@@ -10,14 +10,15 @@ temporary name and renamed, so a reader never sees a partial file.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import tarfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import webdataset as wds
 
 from components.data.atomic_files import TMP_SUFFIX, write_json_atomic
 
@@ -34,6 +35,32 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _member_bytes(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True).encode("utf-8")
+    raise TypeError(f"cannot store a {type(value).__name__} in a shard: encode it to bytes first")
+
+
+def _add_sample(tar: tarfile.TarFile, sample: dict[str, Any]) -> None:
+    """Members ``KEY.EXT``, extensions in sorted order. Written with the standard library, not webdataset's
+    TarWriter, whose import pulls in torch and would slow every ingestion worker's start by seconds."""
+    key = sample["__key__"]
+    if "." in key:
+        raise ValueError(f"sample key {key!r} contains a dot")
+    for extension, value in sorted(sample.items()):
+        if extension.startswith("__"):
+            continue
+        data = _member_bytes(value)
+        # Fixed owner, mode and mtime make the tar a function of its samples: the content hash is reproducible.
+        info = tarfile.TarInfo(f"{key}.{extension}")
+        info.size, info.mode, info.mtime = len(data), 0o444, 0
+        tar.addfile(info, io.BytesIO(data))
 
 
 def write_shard(
@@ -55,14 +82,10 @@ def write_shard(
     tar_path = out / f"{name}.tar"
     tmp_tar = out / f"{name}.tar{TMP_SUFFIX}"
     count = 0
-    with open(tmp_tar, "wb") as f:
-        # A fixed mtime makes the tar a function of its samples, so the content hash is reproducible.
-        with wds.TarWriter(f, mtime=0.0) as writer:
-            for sample in samples:
-                if "." in sample["__key__"]:
-                    raise ValueError(f"sample key {sample['__key__']!r} contains a dot")
-                writer.write(sample)
-                count += 1
+    with tarfile.open(tmp_tar, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for sample in samples:
+            _add_sample(tar, sample)
+            count += 1
     os.replace(tmp_tar, tar_path)
     rows = rows() if callable(rows) else rows
     stats = stats() if callable(stats) else stats
