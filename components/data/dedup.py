@@ -5,13 +5,13 @@ first in input order (the smallest key) stays and later ones become
 ``duplicate`` rows. It runs after every shard is complete, so it sees the
 whole run; it is idempotent (a rerun, or a run resumed after a crash in the
 middle of it, reaches the same set), and each rewritten file replaces the old
-one atomically, stats last.
+one whole: tar, then stats, then the rows, which say what was done.
 """
 
 from __future__ import annotations
 
-import json
-import os
+import hashlib
+import io
 import tarfile
 from pathlib import Path
 
@@ -19,18 +19,23 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from components.data.atomic_files import TMP_SUFFIX, write_json_atomic
-from components.data.shard_writer import completed_shards, file_sha256, shard_name
+from components.data.shard_store import ShardStore
+from components.data.shard_writer import as_store, completed_shards, shard_name
 
 DUPLICATE = "duplicate"
 
 
-def find_duplicates(out_dir: str | Path) -> dict[int, dict[str, str]]:
+def _rows(store: ShardStore, shard_id: int, columns: list[str] | None = None) -> pa.Table:
+    return pq.read_table(io.BytesIO(store.read_bytes(f"{shard_name(shard_id)}.parquet")), columns=columns)
+
+
+def find_duplicates(out_dir: str | Path | ShardStore) -> dict[int, dict[str, str]]:
     """Shard id → {duplicate key: key of the first sample with the same image}, over the whole set."""
+    store = as_store(out_dir)
     first: dict[str, str] = {}
     duplicates: dict[int, dict[str, str]] = {}
-    for shard_id in sorted(completed_shards(out_dir)):
-        rows = pq.read_table(Path(out_dir) / f"{shard_name(shard_id)}.parquet", columns=["key", "status", "sha256"])
+    for shard_id in sorted(completed_shards(store)):
+        rows = _rows(store, shard_id, ["key", "status", "sha256"])
         ok = rows.filter(pc.equal(rows["status"], "success"))
         for key, digest in zip(ok["key"].to_pylist(), ok["sha256"].to_pylist()):
             kept = first.setdefault(digest, key)
@@ -39,18 +44,24 @@ def find_duplicates(out_dir: str | Path) -> dict[int, dict[str, str]]:
     return duplicates
 
 
-def _rewrite_tar(path: Path, drop: set[str]) -> None:
-    """Copy ``path`` without the members of keys in ``drop``; headers (mtime 0) and order unchanged."""
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    with tarfile.open(path) as src, tarfile.open(tmp, "w", format=src.format) as dst:
-        for member in src:
-            if member.name.split(".", 1)[0] not in drop:
-                dst.addfile(member, src.extractfile(member) if member.isfile() else None)
-    os.replace(tmp, path)
+def _rewrite_tar(store: ShardStore, name: str, drop: set[str]) -> tuple[int, int, str]:
+    """Copy tar ``name`` without the members of keys in ``drop`` (headers and order unchanged);
+    return (samples, bytes, sha256) of the new tar."""
+    out = io.BytesIO()
+    keys = set()
+    with tarfile.open(fileobj=io.BytesIO(store.read_bytes(name))) as src:
+        with tarfile.open(fileobj=out, mode="w", format=src.format) as dst:
+            for member in src:
+                key = member.name.split(".", 1)[0]
+                if key not in drop:
+                    keys.add(key)
+                    dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+    data = out.getvalue()
+    store.write_bytes(name, data)
+    return len(keys), len(data), hashlib.sha256(data).hexdigest()
 
 
-def _marked_rows(path: Path, duplicates: dict[str, str]) -> pa.Table:
-    rows = pq.read_table(path)
+def _marked(rows: pa.Table, duplicates: dict[str, str]) -> pa.Table:
     columns = {name: rows[name].to_pylist() for name in ("key", "status", "error_category", "error")}
     for i, key in enumerate(columns["key"]):
         if key in duplicates:
@@ -61,32 +72,23 @@ def _marked_rows(path: Path, duplicates: dict[str, str]) -> pa.Table:
     return rows
 
 
-def _restate(out: Path, shard_id: int, rows: pa.Table) -> None:
-    """Stats recounted from the rows and the tar as they now are (so a half-done earlier pass cannot skew them)."""
-    name = shard_name(shard_id)
-    stats = json.loads((out / f"{name}_stats.json").read_text())
-    statuses = rows["status"].to_pylist()
-    categories = [c for c in rows["error_category"].to_pylist() if c]
-    tar = out / f"{name}.tar"
-    with tarfile.open(tar) as t:
-        count = len({m.name.split(".", 1)[0] for m in t})
-    stats.update(successes=statuses.count("success"), failures=len(statuses) - statuses.count("success"),
-                 errors={c: categories.count(c) for c in sorted(set(categories))}, count=count,
-                 bytes=tar.stat().st_size, sha256=file_sha256(tar))
-    write_json_atomic(out / f"{name}_stats.json", stats)
-
-
-def remove_duplicates(out_dir: str | Path) -> int:
+def remove_duplicates(out_dir: str | Path | ShardStore) -> int:
     """Drop later copies of the same image from every shard; return how many samples were dropped."""
-    out = Path(out_dir)
-    duplicates = find_duplicates(out)
+    store = as_store(out_dir)
+    duplicates = find_duplicates(store)
     for shard_id, keys in sorted(duplicates.items()):
         name = shard_name(shard_id)
-        _rewrite_tar(out / f"{name}.tar", set(keys))
-        rows = _marked_rows(out / f"{name}.parquet", keys)
-        _restate(out, shard_id, rows)
+        count, size, digest = _rewrite_tar(store, f"{name}.tar", set(keys))
+        rows = _marked(_rows(store, shard_id), keys)
+        # Stats recounted from the rows as they now are, so a half-done earlier pass cannot skew them.
+        statuses = rows["status"].to_pylist()
+        categories = [c for c in rows["error_category"].to_pylist() if c]
+        stats = store.read_json(f"{name}_stats.json")
+        stats.update(successes=statuses.count("success"), failures=len(statuses) - statuses.count("success"),
+                     errors={c: categories.count(c) for c in sorted(set(categories))}, count=count, bytes=size,
+                     sha256=digest)
+        store.write_json(f"{name}_stats.json", stats)
         # The rows go last: until they say "duplicate", a rerun finds these duplicates again and redoes all three.
-        tmp = out / f"{name}.parquet{TMP_SUFFIX}"
-        pq.write_table(rows, tmp)
-        os.replace(tmp, out / f"{name}.parquet")
+        with store.open_write(f"{name}.parquet") as f:
+            pq.write_table(rows, f)
     return sum(len(keys) for keys in duplicates.values())

@@ -21,6 +21,7 @@ import pyarrow as pa
 from components.data.caption_filter import check_caption
 from components.data.image_processing import ImageConfig, ImageError, process_image
 from components.data.ordered_map import ordered_map
+from components.data.shard_store import ShardStore
 from components.data.shard_writer import write_shard
 from components.data.url_fetcher import FetchConfig, UrlFetcher
 
@@ -81,7 +82,7 @@ def _caption_text(raw: Any) -> str | None:
 
 
 def write_image_text_shard(
-    rows: pa.Table, shard_id: int, first_row: int, out_dir: str, cfg: IngestConfig, base_dir: str,
+    rows: pa.Table, shard_id: int, first_row: int, out_dir: str | ShardStore, cfg: IngestConfig, base_dir: str,
     extra_stats: dict[str, Any] | None = None, fetcher: UrlFetcher | None = None,
 ) -> dict[str, Any]:
     """Write shard ``shard_id`` from ``rows`` (input rows ``first_row``…) into ``out_dir``; return its stats.

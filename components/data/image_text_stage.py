@@ -16,9 +16,8 @@ gives exactly the set an uninterrupted run gives.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
@@ -27,10 +26,10 @@ import pyarrow.parquet as pq
 import ray
 import ray.data
 
-from components.data.atomic_files import TMP_SUFFIX
 from components.data.dedup import remove_duplicates
 from components.data.image_text_shard import IngestConfig, write_image_text_shard
 from components.data.shard_reader import ShardSetError
+from components.data.shard_store import ShardStore
 from components.data.shard_writer import completed_shards, finalize_shard_set, remove_partial_files, shard_name
 from components.data.url_table import TableSpec, describe, iter_shards, resolve_files
 
@@ -53,34 +52,35 @@ def _base_dir(spec: TableSpec) -> str:
     return str(path if path.is_dir() else path.parent)
 
 
-def _forget_other_inputs(out: Path, fingerprint: str) -> None:
+def _forget_other_inputs(store: ShardStore, fingerprint: str) -> None:
     """Planned inputs are reused by a resumed run only if they were planned from the same table and config."""
-    marker = out / INPUTS / "FINGERPRINT"
-    if (out / INPUTS).exists() and (not marker.exists() or marker.read_text() != fingerprint):
-        shutil.rmtree(out / INPUTS)
-    (out / INPUTS).mkdir(exist_ok=True)
-    marker.write_text(fingerprint)
+    marker = f"{INPUTS}/FINGERPRINT"
+    if store.exists(INPUTS) and (not store.exists(marker) or store.read_bytes(marker).decode() != fingerprint):
+        store.delete_folder(INPUTS)
+    store.makedirs(INPUTS)
+    store.write_bytes(marker, fingerprint.encode())
 
 
-def plan_inputs(spec: TableSpec, out: Path, rows_per_shard: int, done: set[int]) -> tuple[list[dict], int, int]:
+def plan_inputs(spec: TableSpec, store: ShardStore, rows_per_shard: int, done: set[int]) -> tuple[list[dict], int, int]:
     """Save each missing shard's rows; return (pending shards, number of shards, number of input rows)."""
     pending, shards, total = [], 0, 0
     for shard_id, first_row, rows in iter_shards(spec, rows_per_shard):
         shards, total = shards + 1, total + rows.num_rows
         if shard_id in done:
             continue
-        path = out / INPUTS / f"{shard_name(shard_id)}.parquet"
-        if not path.exists():
-            pq.write_table(rows, path.with_name(path.name + TMP_SUFFIX))
-            os.replace(path.with_name(path.name + TMP_SUFFIX), path)
+        name = f"{INPUTS}/{shard_name(shard_id)}.parquet"
+        if not store.exists(name):
+            with store.open_write(name) as f:
+                pq.write_table(rows, f)
         pending.append({"shard_id": shard_id, "first_row": first_row, "rows": rows.num_rows})
     return pending, shards, total
 
 
-def _write_one(item: dict[str, Any], out_dir: str, cfg: IngestConfig, base_dir: str, fingerprint: str) -> dict:
+def _write_one(item: dict[str, Any], location: str, cfg: IngestConfig, base_dir: str, fingerprint: str) -> dict:
     shard_id = int(item["shard_id"])
-    rows = pq.read_table(Path(out_dir) / INPUTS / f"{shard_name(shard_id)}.parquet")
-    stats = write_image_text_shard(rows, shard_id, int(item["first_row"]), out_dir, cfg, base_dir,
+    store = ShardStore(location)
+    rows = pq.read_table(io.BytesIO(store.read_bytes(f"{INPUTS}/{shard_name(shard_id)}.parquet")))
+    stats = write_image_text_shard(rows, shard_id, int(item["first_row"]), store, cfg, base_dir,
                                    extra_stats={"config_fingerprint": fingerprint})
     # Stats carry a dict of error counts whose keys vary by shard: pass JSON, not an Arrow struct.
     return {"stats": json.dumps(stats)}
@@ -90,7 +90,7 @@ def _fingerprint(source: dict[str, Any], config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps([source, config], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _check_foreign(out: Path, done: dict[int, dict[str, Any]], fingerprint: str) -> None:
+def _check_foreign(out: str, done: dict[int, dict[str, Any]], fingerprint: str) -> None:
     foreign = sorted(i for i, s in done.items() if s.get("config_fingerprint") != fingerprint)
     if foreign:
         raise ShardSetError(f"{out} holds shards made from another table or config (shard {foreign[0]:05d}); "
@@ -107,29 +107,29 @@ def shard_image_text_table(
     on_shard_done: ShardDone | None = None,
     on_planned: Callable[[int, int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Write the missing shards of ``spec`` into ``out_dir`` and return the shard set's manifest.
+    """Write the missing shards of ``spec`` into ``out_dir`` (a folder or ``s3://…``); return the set's manifest.
 
     ``on_planned(shards, pending, rows)`` is called once the table is cut; ``on_shard_done(stats, done,
     total)`` as each shard completes. A folder holding shards made from another table or config is refused.
     """
-    out = Path(out_dir)
+    store = ShardStore(out_dir)
     source = _source(spec)  # clear errors on a bad table before anything is written
     config = {**asdict(cfg), "rows_per_shard": rows_per_shard, "dedup": dedup}
     config.pop("threads")  # how fast, not what
     fingerprint = _fingerprint(source, config)
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    done = completed_shards(out)
-    _check_foreign(out, done, fingerprint)
-    remove_partial_files(out)
-    _forget_other_inputs(out, fingerprint)
+    created = not store.exists()
+    store.makedirs()
+    done = completed_shards(store)
+    _check_foreign(store.location, done, fingerprint)
+    remove_partial_files(store)
+    _forget_other_inputs(store, fingerprint)
     try:
-        pending, num_shards, num_rows = plan_inputs(spec, out, rows_per_shard, set(done))
+        pending, num_shards, num_rows = plan_inputs(spec, store, rows_per_shard, set(done))
     except Exception:  # a table that turns out malformed halfway: leave nothing behind that was not there
         if not done:
-            shutil.rmtree(out / INPUTS, ignore_errors=True)
+            store.delete_folder(INPUTS)
             if created:
-                shutil.rmtree(out, ignore_errors=True)
+                store.fs.delete_dir(store.root)
         raise
     if on_planned:
         on_planned(num_shards, len(pending), num_rows)
@@ -137,7 +137,8 @@ def shard_image_text_table(
         processes = processes or max(1, int(ray.cluster_resources().get("CPU", 1)))
         dataset = ray.data.from_items(pending, override_num_blocks=len(pending)).map(
             _write_one, compute=ray.data.TaskPoolStrategy(size=min(processes, len(pending))),
-            fn_kwargs={"out_dir": str(out), "cfg": cfg, "base_dir": _base_dir(spec), "fingerprint": fingerprint},
+            fn_kwargs={"location": store.location, "cfg": cfg, "base_dir": _base_dir(spec),
+                       "fingerprint": fingerprint},
         )
         finished = len(done)
         for row in dataset.iter_rows():
@@ -145,7 +146,7 @@ def shard_image_text_table(
             if on_shard_done:
                 on_shard_done(json.loads(row["stats"]), finished, num_shards)
     if dedup:
-        remove_duplicates(out)
-    manifest = finalize_shard_set(out, source, config)
-    shutil.rmtree(out / INPUTS, ignore_errors=True)
+        remove_duplicates(store)
+    manifest = finalize_shard_set(store, source, config)
+    store.delete_folder(INPUTS)
     return manifest

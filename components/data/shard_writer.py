@@ -2,8 +2,9 @@
 
 A shard ``NNNNN`` is ``NNNNN.tar`` (samples), optionally ``NNNNN.parquet``
 (every input row with its status), and ``NNNNN_stats.json``, written last:
-its presence means the shard is complete. Every file is written under a
-temporary name and renamed, so a reader never sees a partial file.
+its presence means the shard is complete. Every file appears whole or not at
+all (``ShardStore``: a rename locally, a completed upload in object storage),
+so a reader never sees a partial file.
 ``finalize_shard_set`` writes ``sizes.json`` and ``manifest.json`` for the set.
 """
 
@@ -12,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import tarfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -20,21 +20,14 @@ from typing import Any, Callable, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from components.data.atomic_files import TMP_SUFFIX, write_json_atomic
+from components.data.atomic_files import TMP_SUFFIX
+from components.data.shard_store import ShardStore
 
 MANIFEST_VERSION = 1
 
 
 def shard_name(shard_id: int) -> str:
     return f"{shard_id:05d}"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _member_bytes(value: Any) -> bytes:
@@ -63,8 +56,23 @@ def _add_sample(tar: tarfile.TarFile, sample: dict[str, Any]) -> None:
         tar.addfile(info, io.BytesIO(data))
 
 
+class _DigestingWriter:
+    """Passes writes through while counting bytes and hashing them, so the tar need not be read back."""
+
+    def __init__(self, f):
+        self.f, self.digest, self.size = f, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self.f.write(data)
+
+    def tell(self) -> int:
+        return self.size
+
+
 def write_shard(
-    out_dir: str | Path,
+    out_dir: str | Path | ShardStore,
     shard_id: int,
     samples: Iterable[dict[str, Any]],
     stats: dict[str, Any] | Callable[[], dict[str, Any]],
@@ -75,56 +83,57 @@ def write_shard(
     ``samples`` are webdataset sample dicts: a dot-free ``__key__`` and one
     entry per member extension (``jpg`` bytes, ``txt`` str, ``json`` dict, ...).
     They may be a generator that is still producing; ``stats`` and ``rows`` may
-    then be functions, called once every sample is written.
+    then be functions, called once every sample is written. ``out_dir`` is a
+    folder, an object-storage URI or a ``ShardStore``.
     """
-    out = Path(out_dir)
+    store = as_store(out_dir)
     name = shard_name(shard_id)
-    tar_path = out / f"{name}.tar"
-    tmp_tar = out / f"{name}.tar{TMP_SUFFIX}"
     count = 0
-    with tarfile.open(tmp_tar, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for sample in samples:
-            _add_sample(tar, sample)
-            count += 1
-    os.replace(tmp_tar, tar_path)
+    with store.open_write(f"{name}.tar") as f:
+        written = _DigestingWriter(f)
+        with tarfile.open(fileobj=written, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for sample in samples:
+                _add_sample(tar, sample)
+                count += 1
     rows = rows() if callable(rows) else rows
     stats = stats() if callable(stats) else stats
     if rows is not None:
-        tmp_rows = out / f"{name}.parquet{TMP_SUFFIX}"
-        pq.write_table(rows, tmp_rows)
-        os.replace(tmp_rows, out / f"{name}.parquet")
-    stats = {**stats, "shard": name, "count": count, "bytes": tar_path.stat().st_size, "sha256": file_sha256(tar_path)}
-    write_json_atomic(out / f"{name}_stats.json", stats)
+        with store.open_write(f"{name}.parquet") as f:
+            pq.write_table(rows, f)
+    stats = {**stats, "shard": name, "count": count, "bytes": written.size, "sha256": written.digest.hexdigest()}
+    store.write_json(f"{name}_stats.json", stats)
     return stats
 
 
-def completed_shards(out_dir: str | Path) -> dict[int, dict[str, Any]]:
-    """Stats of every complete shard in ``out_dir``, by shard id."""
-    done = {}
-    for path in sorted(Path(out_dir).glob("*_stats.json")):
-        done[int(path.name.split("_")[0])] = json.loads(path.read_text())
-    return done
+def as_store(location: str | Path | ShardStore) -> ShardStore:
+    return location if isinstance(location, ShardStore) else ShardStore(location)
 
 
-def remove_partial_files(out_dir: str | Path) -> None:
+def completed_shards(out_dir: str | Path | ShardStore) -> dict[int, dict[str, Any]]:
+    """Stats of every complete shard, by shard id."""
+    store = as_store(out_dir)
+    return {int(name.split("_")[0]): store.read_json(name) for name in store.names() if name.endswith("_stats.json")}
+
+
+def remove_partial_files(out_dir: str | Path | ShardStore) -> None:
     """Delete temporaries left by an interrupted writer, and tars whose stats never arrived."""
-    out = Path(out_dir)
-    for tmp in out.glob(f"*{TMP_SUFFIX}"):
-        tmp.unlink()
-    done = completed_shards(out)
-    for path in list(out.glob("*.tar")) + list(out.glob("[0-9]*.parquet")):
-        if int(path.name.split(".")[0]) not in done:
-            path.unlink()
+    store = as_store(out_dir)
+    done = completed_shards(store)
+    for name in store.names():
+        partial = name.endswith(TMP_SUFFIX)
+        unfinished = name[:1].isdigit() and name.endswith((".tar", ".parquet")) and int(name.split(".")[0]) not in done
+        if partial or unfinished:
+            store.delete(name)
 
 
-def finalize_shard_set(out_dir: str | Path, source: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+def finalize_shard_set(out_dir: str | Path | ShardStore, source: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
     """Write ``sizes.json`` and ``manifest.json`` from the complete shards; return the manifest.
 
     The content hash covers each shard's name and tar digest in order, so it
     changes exactly when the samples do: it is the lineage that runs record.
     """
-    out = Path(out_dir)
-    shards = completed_shards(out)
+    store = as_store(out_dir)
+    shards = completed_shards(store)
     sizes = {f"{shard_name(i)}.tar": s["count"] for i, s in sorted(shards.items())}
     content = hashlib.sha256()
     for i, s in sorted(shards.items()):
@@ -143,6 +152,6 @@ def finalize_shard_set(out_dir: str | Path, source: dict[str, Any], config: dict
         "errors": totals,
         "content_hash": content.hexdigest(),
     }
-    write_json_atomic(out / "sizes.json", sizes)
-    write_json_atomic(out / "manifest.json", manifest)
+    store.write_json("sizes.json", sizes)
+    store.write_json("manifest.json", manifest)
     return manifest

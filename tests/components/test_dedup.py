@@ -9,6 +9,7 @@ import pyarrow as pa
 
 from components.data.dedup import _rewrite_tar, find_duplicates, remove_duplicates
 from components.data.image_text_shard import STATUS_COLUMNS, STATUS_SCHEMA
+from components.data.shard_store import ShardStore
 from components.data.shard_writer import finalize_shard_set, write_shard
 
 
@@ -50,7 +51,7 @@ def test_later_copies_go_in_every_shard_and_a_rerun_finds_nothing(tmp_path):
 def test_a_pass_interrupted_after_the_tar_converges_on_rerun(tmp_path):
     write(tmp_path, 0, 0, "ab")
     write(tmp_path, 1, 2, "ba")
-    _rewrite_tar(tmp_path / "00001.tar", {"000000002", "000000003"})  # the crash came before rows and stats
+    _rewrite_tar(ShardStore(tmp_path), "00001.tar", {"000000002", "000000003"})  # a crash before rows and stats
     assert remove_duplicates(tmp_path) == 2
     clean = tmp_path / "clean"
     clean.mkdir()
