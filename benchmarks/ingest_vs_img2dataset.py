@@ -10,10 +10,11 @@ round's rate is its successful images over the wall time of the whole command
 fewer than 95 % of the images is invalid: a run that fails downloads is not
 fast.
 
-Same work on both sides: img2dataset's per-image EXIF extraction and SHA-256
-are switched off (``--extract_exif False --compute_hash None``) because tvp
-does neither per image; both honour X-Robots-Tag opt-outs (the server sends
-none), neither retries (nothing fails on loopback).
+img2dataset's per-image EXIF extraction and SHA-256 are switched off
+(``--extract_exif False --compute_hash None``), although tvp does hash every
+image (and deduplicates the set at the end): the reference does less work
+than tvp, never more. Both honour X-Robots-Tag opt-outs (the server sends
+none); nothing fails on loopback, so retries never run.
 
 The images (default 20,000) are random crops, flips and colour shifts of
 scikit-learn's two sample photos (enlarged, with grain), 320-1024 px a side,

@@ -285,7 +285,7 @@ def _ingest(args: argparse.Namespace) -> None:
     from cluster.ray_cluster import connect
     from pipelines.ingest_image_text import ingest_image_text
 
-    connect(args.address)
+    connect(args.address, dashboard=False)
     ingest_image_text(spec, args.output, cfg, args.rows_per_shard, args.processes, not args.no_dedup)
 
 

@@ -145,7 +145,7 @@ class _DeadlineSocket:
         self._sock.sendall(data)
 
     def makefile(self, mode: str = "rb", *args, **kwargs) -> io.BufferedReader:
-        return io.BufferedReader(_DeadlineReader(self._sock, self._deadline))
+        return io.BufferedReader(_DeadlineReader(self._sock, self._deadline), buffer_size=_READ_CHUNK)
 
     def close(self) -> None:
         pass
