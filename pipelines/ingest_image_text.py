@@ -19,10 +19,9 @@ class Progress:
         self.echo, self.interactive, self.every_s = echo, interactive, every_s
         self.started = time.monotonic()
         self.last_line = 0.0
-        self.rows = self.ok = self.total_rows = 0
+        self.rows = self.ok = 0
 
     def planned(self, shards: int, pending: int, rows: int) -> None:
-        self.total_rows = rows
         self.started = time.monotonic()  # rates count from here: planning is not downloading
         self.echo(f"  {rows} rows in {shards} shards; {pending} to do")
 

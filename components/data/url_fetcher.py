@@ -34,7 +34,6 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import ClassVar
 from urllib.parse import quote, urljoin, urlsplit
@@ -377,12 +376,3 @@ class UrlFetcher:
         except BaseException:
             sock.close()
             raise
-
-
-def fetch_all(fetcher: UrlFetcher, urls: Iterable[str], threads: int) -> list[FetchResult]:
-    """Fetch ``urls`` on ``threads`` threads; results come back in input order."""
-    urls = list(urls)
-    if not urls:
-        return []
-    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(urls))), thread_name_prefix="tvp-fetch") as pool:
-        return list(pool.map(fetcher.fetch, urls))

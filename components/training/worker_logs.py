@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pyarrow.fs
 
+from components.data.shard_store import ShardStore
+
 LOG_FOLDER = "worker_logs"
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -48,14 +50,9 @@ def attach_worker_log(filesystem: pyarrow.fs.FileSystem, run_fs_path: str, rank:
 
 def download_worker_logs(storage_uri: str, run_name: str, dst: str | Path) -> list[Path]:
     """Copy every saved worker log of run ``run_name`` under ``storage_uri`` into ``dst``."""
-    filesystem, base = pyarrow.fs.FileSystem.from_uri(storage_uri)
-    folder = f"{base.rstrip('/')}/{run_name}/{LOG_FOLDER}"
-    infos = filesystem.get_file_info(pyarrow.fs.FileSelector(folder, allow_not_found=True))
+    folder = ShardStore(f"{storage_uri.rstrip('/')}/{run_name}/{LOG_FOLDER}")  # a local folder or object storage
     copied = []
-    for info in sorted(infos, key=lambda i: i.path):
-        if info.type == pyarrow.fs.FileType.File:
-            target = Path(dst) / info.base_name
-            with filesystem.open_input_stream(info.path) as src:
-                target.write_bytes(src.read())
-            copied.append(target)
+    for name in folder.names():
+        copied.append(Path(dst) / name)
+        copied[-1].write_bytes(folder.read_bytes(name))
     return copied

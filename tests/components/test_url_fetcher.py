@@ -16,7 +16,8 @@ import time
 import pytest
 
 from components.data import url_fetcher
-from components.data.url_fetcher import FetchConfig, UrlFetcher, fetch_all, opted_out
+from components.data.ordered_map import ordered_map
+from components.data.url_fetcher import FetchConfig, UrlFetcher, opted_out
 from tests.image_server import ImageServer, image_bytes
 
 LOOPBACK = "127.0.0.1"
@@ -79,7 +80,7 @@ def url(server, path: str, host: str = "images.test") -> str:
 
 def test_images_arrive_byte_exact_and_in_order(server, make):
     numbers = list(range(40))
-    results = fetch_all(make(), [url(server, f"/img/{n}.jpg") for n in numbers], threads=8)
+    results = list(ordered_map(make().fetch, [url(server, f"/img/{n}.jpg") for n in numbers], threads=8))
     assert [r.ok for r in results] == [True] * len(numbers)
     assert [r.body for r in results] == [image_bytes(n) for n in numbers]
     assert len({hashlib.sha256(r.body).hexdigest() for r in results}) == len(numbers)
@@ -87,7 +88,7 @@ def test_images_arrive_byte_exact_and_in_order(server, make):
 
 
 def test_duplicates_under_other_urls_have_identical_bytes(server, make):
-    first, dup = fetch_all(make(), [url(server, "/img/5.jpg"), url(server, "/dup/5.jpg")], threads=2)
+    first, dup = list(ordered_map(make().fetch, [url(server, "/img/5.jpg"), url(server, "/dup/5.jpg")], threads=2))
     assert first.body == dup.body == image_bytes(5)
 
 
@@ -118,7 +119,7 @@ def test_each_fault_lands_in_its_category(server, make, connector, path, categor
 def test_faults_for_the_decoder_download_fine(server, make):
     """Truncated, non-image and bomb bodies are the decoder's business: the download succeeds."""
     paths = ("/truncated.jpg", "/notimage.jpg", "/bomb.png")
-    truncated, text, bomb = fetch_all(make(), [url(server, p) for p in paths], threads=3)
+    truncated, text, bomb = list(ordered_map(make().fetch, [url(server, p) for p in paths], threads=3))
     assert truncated.ok and truncated.body == image_bytes(0)[: len(image_bytes(0)) // 2]
     assert text.ok and not text.body.startswith(b"\xff\xd8")
     assert bomb.ok and bomb.body.startswith(b"\x89PNG") and len(bomb.body) < 200_000
@@ -276,10 +277,6 @@ def test_config_and_fetcher_pickle():
     assert pickle.loads(pickle.dumps(config)) == config
     fetcher = pickle.loads(pickle.dumps(UrlFetcher(config)))
     assert fetcher.config == config and fetcher.guard.allowed == ("10.0.0.0/8",)
-
-
-def test_fetch_all_of_nothing():
-    assert fetch_all(UrlFetcher(), [], threads=4) == []
 
 
 # --- HTTPS: the socket goes to the checked IP, the certificate is checked against the host name ---
