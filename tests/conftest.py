@@ -87,3 +87,36 @@ def create_bucket(env: dict[str, str], name: str) -> None:
     boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
                  aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name=env["AWS_DEFAULT_REGION"]
                  ).create_bucket(Bucket=name)
+
+
+# Ray Train reads these in the cluster's processes: the recovery test wants preemption seen within 0.2 s.
+CLUSTER_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S": "0.2"}
+
+
+@pytest.fixture(scope="session")
+def multi_node_cluster(ray_address, s3_env):
+    """A head with no CPUs (drivers only) and three 2-CPU worker nodes on loopback; every node sees S3.
+
+    Shared, since starting it costs about 10 s: the multi-node ingestion test uses it as it is, then the
+    training recovery test (it sorts last) drains and removes a node. This process stays connected to
+    the session's own Ray head.
+    """
+    from ray.cluster_utils import Cluster
+
+    saved = {key: os.environ.get(key) for key in {**s3_env, **CLUSTER_ENV}}
+    os.environ.update({**s3_env, **CLUSTER_ENV})  # inherited by every node's processes, and only theirs
+    try:
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": True,
+                                                                "dashboard_host": "127.0.0.1", "dashboard_port": 0})
+        workers = [cluster.add_node(num_cpus=2) for _ in range(3)]
+        cluster.wait_for_nodes()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    yield cluster, workers
+    # Not cluster.shutdown(): it also resets this process's Ray state, which the session's own head still needs.
+    for node in [*cluster.worker_nodes, cluster.head_node]:
+        cluster.remove_node(node, allow_graceful=False)

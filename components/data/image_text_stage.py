@@ -80,8 +80,8 @@ def _write_one(item: dict[str, Any], location: str, cfg: IngestConfig, base_dir:
     shard_id = int(item["shard_id"])
     store = ShardStore(location)
     rows = pq.read_table(io.BytesIO(store.read_bytes(f"{INPUTS}/{shard_name(shard_id)}.parquet")))
-    stats = write_image_text_shard(rows, shard_id, int(item["first_row"]), store, cfg, base_dir,
-                                   extra_stats={"config_fingerprint": fingerprint})
+    lineage = {"config_fingerprint": fingerprint, "node_id": ray.get_runtime_context().get_node_id()}
+    stats = write_image_text_shard(rows, shard_id, int(item["first_row"]), store, cfg, base_dir, extra_stats=lineage)
     # Stats carry a dict of error counts whose keys vary by shard: pass JSON, not an Arrow struct.
     return {"stats": json.dumps(stats)}
 

@@ -22,7 +22,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs
 import pyarrow.parquet as pq
-import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -34,14 +33,13 @@ from components.data.url_table import TableSpec
 from components.models.clip import CLIPConfig, TextConfig
 from components.models.vit import ViTConfig
 from components.training.clip_task import TOKENIZER_FILE, ClipTask, ClipTaskConfig
-from tests.conftest import REPO, create_bucket
+from tests.conftest import CLUSTER_ENV, REPO, create_bucket
 
 EPOCHS, SHARDS, ROWS_PER_SHARD, MICRO, CHECKPOINT_EVERY = 3, 8, 64, 16, 4
 STEPS_PER_EPOCH = (SHARDS // 2) * ROWS_PER_SHARD // MICRO  # per rank: 4 shards of 64 samples, 16 per step
 BUCKET = "tvp-runs"
 # Ray Train collects reports when it polls the workers; polling often narrows the window in which a
 # checkpoint is written but not yet committed, and notices dead workers and drained nodes sooner.
-FAST_POLLING = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S": "0.2"}
 
 
 def make_shards(tmp_path: Path) -> Path:
@@ -165,34 +163,17 @@ def drain_for_preemption(address: str, node_id: str, deadline_s: int = 60) -> No
 
 def start_driver(spec: Path, log: Path) -> subprocess.Popen:
     """The driver in a subprocess, its output in ``log`` (a pipe nobody reads could fill and stall it)."""
-    env = {**os.environ, **FAST_POLLING}
+    env = {**os.environ, **CLUSTER_ENV}
     return subprocess.Popen([sys.executable, "-m", "tests.e2e.train_driver", str(spec)], cwd=REPO, env=env,
                             stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
 
 
-@pytest.fixture
-def multi_node_cluster(ray_address, s3_env, monkeypatch):
-    """A head with no CPUs (driver side) and three 2-CPU worker nodes, all on loopback, every process seeing S3.
-
-    This process stays connected to the session's own Ray head (it builds the shards there).
-    """
-    from ray.cluster_utils import Cluster
-
-    for key, value in {**s3_env, **FAST_POLLING}.items():
-        monkeypatch.setenv(key, value)  # inherited by every node's processes
-    create_bucket(s3_env, BUCKET)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": True,
-                                                            "dashboard_host": "127.0.0.1", "dashboard_port": 0})
-    workers = [cluster.add_node(num_cpus=2) for _ in range(3)]  # two for the workers, one spare
-    cluster.wait_for_nodes()
-    yield cluster, workers
-    # Not cluster.shutdown(): it also resets this process's Ray state, which the session's own head still needs.
-    for node in [*cluster.worker_nodes, cluster.head_node]:
-        cluster.remove_node(node, allow_graceful=False)
-
-
-def test_failures_on_a_multi_node_cluster_resume_exactly_with_one_mlflow_run(multi_node_cluster, tmp_path):
+def test_failures_on_a_multi_node_cluster_resume_exactly_with_one_mlflow_run(multi_node_cluster, s3_env, monkeypatch,
+                                                                             tmp_path):
     cluster, nodes = multi_node_cluster
+    for key, value in s3_env.items():
+        monkeypatch.setenv(key, value)  # this process reads the checkpoints too
+    create_bucket(s3_env, BUCKET)
     spec = write_spec(tmp_path, make_shards(tmp_path), cluster.address)
     total = EPOCHS * STEPS_PER_EPOCH
 
