@@ -301,24 +301,23 @@ def _usage_error(message: str) -> Exception:
     return ConfigError(message)
 
 
-def _known_errors() -> tuple[type[BaseException], ...]:
-    from components.data.url_table import TableError
-    from components.data.shard_reader import ShardSetError
-    from components.tracking.tracking_store import TrackingUnavailable
-    from mlflow.exceptions import MlflowException
+# Errors whose message says it all: one line on stderr, exit code 2. Named rather than imported, so
+# that an early error (a missing table) is not delayed by importing torch and MLflow to compare with.
+_KNOWN_ERRORS = {
+    "pipelines.config.ConfigError",
+    "components.data.url_table.TableError",
+    "components.data.shard_reader.ShardSetError",
+    "components.tracking.tracking_store.TrackingUnavailable",
+    "components.training.checkpoint.CheckpointError",
+    "components.tracking.promotion.PromotionError",
+    "components.tracking.run_tracker.RunConflict",
+    "mlflow.exceptions.MlflowException",
+}
+_STOPPED = {"components.training.stop_request.TrainingStopped"}
 
-    from components.tracking.promotion import PromotionError
-    from components.tracking.run_tracker import RunConflict
-    from components.training.checkpoint import CheckpointError
-    from pipelines.config import ConfigError
 
-    return ConfigError, TableError, ShardSetError, TrackingUnavailable, CheckpointError, PromotionError, RunConflict, MlflowException
-
-
-def _stopped() -> type[BaseException]:
-    from components.training.stop_request import TrainingStopped
-
-    return TrainingStopped
+def _is_one_of(exc: BaseException, names: set[str]) -> bool:
+    return any(f"{cls.__module__}.{cls.__qualname__}" in names for cls in type(exc).__mro__)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -332,13 +331,15 @@ def main(argv: list[str] | None = None) -> int:
         commands = {"demo": _demo, "ingest": _ingest, "inspect": _inspect, "train": _train, "evaluate": _evaluate,
                     "promote": _promote}
         commands[args.command](args)
-    except _known_errors() as exc:
+    except Exception as exc:
+        if _is_one_of(exc, _STOPPED):
+            print(f"tvp: {exc}", file=sys.stderr)
+            return 128 + signal.SIGTERM
+        if not _is_one_of(exc, _KNOWN_ERRORS):
+            raise
         lines = str(exc).strip().splitlines() or [type(exc).__name__]
         print(f"tvp: error: {lines[0]}", file=sys.stderr)
         return 2
-    except _stopped() as exc:
-        print(f"tvp: {exc}", file=sys.stderr)
-        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("tvp: interrupted", file=sys.stderr)
         return 130

@@ -1,5 +1,6 @@
 """The ``tvp`` CLI as a user meets it: help, bad input, and a real ingest run."""
 
+import importlib
 import json
 import socket
 import time
@@ -23,6 +24,14 @@ def assert_one_line_error(result, *fragments):
     assert len(lines) == 1 and lines[0].startswith("tvp: error: "), result.stderr
     for fragment in fragments:
         assert fragment in lines[0]
+
+
+def test_the_errors_the_cli_reports_in_one_line_exist():
+    from pipelines.cli import _KNOWN_ERRORS, _STOPPED
+
+    for name in _KNOWN_ERRORS | _STOPPED:  # named, not imported, by the CLI: a typo would print tracebacks
+        module, _, cls = name.rpartition(".")
+        assert issubclass(getattr(importlib.import_module(module), cls), Exception), name
 
 
 def test_help_lists_commands_and_examples():
@@ -49,7 +58,7 @@ def test_unreachable_tracking_server_fails_within_seconds(tmp_path):
     assert not workdir.exists()
 
 
-def test_ingest_refuses_missing_and_malformed_tables(tmp_path):
+def test_ingest_refuses_missing_and_malformed_tables(ray_address, tmp_path):  # line 2 is read once Ray is up
     out = tmp_path / "out"
     assert_one_line_error(run_tvp("ingest", "image-text", str(tmp_path / "no.parquet"), "--output", str(out)),
                           "does not exist")
