@@ -87,14 +87,18 @@ class _Handler(BaseHTTPRequestHandler):
     # --- responses -------------------------------------------------------------------------
 
     def send_body(self, body: bytes, content_type: str = "image/jpeg", headers: dict | None = None, status=200):
+        self.send_head(len(body), content_type, headers, status)
+        self.wfile.write(body)
+
+    def send_head(self, length: int, content_type: str = "image/jpeg", headers: dict | None = None, status=200):
+        """Status and headers announcing a body of ``length`` bytes; the caller sends the body (or not)."""
         self.send_response(status)
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(length))
         for name, values in (headers or {}).items():
             for value in values if isinstance(values, list) else [values]:
                 self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(body)
 
     def send_status(self, code: int):
         self.send_body(f"status {code}\n".encode(), "text/plain", status=code)
@@ -134,10 +138,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def slow(self, rest: str, query):
         body = image_bytes(0)
-        self.send_response(200)
-        self.send_header("Content-Type", "image/jpeg")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
+        self.send_head(len(body))
         pieces = max(1, int(self.server.slow_seconds / 0.05))
         step = max(1, len(body) // pieces)
         self.trickle([body[i : i + step] for i in range(0, len(body), step)])
@@ -167,10 +168,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def short_body(self, rest: str, query):
         body = image_bytes(0)
-        self.send_response(200)
-        self.send_header("Content-Type", "image/jpeg")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
+        self.send_head(len(body))
         self.wfile.write(body[: len(body) // 2])
         self.close_connection = True
 

@@ -105,8 +105,8 @@ def write_image_text_shard(
             return key, exc
 
     def samples():
-        for (key, outcome), row in zip(ordered_map(attempt, enumerate(rows.to_pylist()), cfg.threads),
-                                       rows.select(["url", "caption"]).to_pylist()):
+        inputs = rows.to_pylist()
+        for (key, outcome), row in zip(ordered_map(attempt, enumerate(inputs), cfg.threads), inputs):
             if isinstance(outcome, ImageError):
                 errors[outcome.category] = errors.get(outcome.category, 0) + 1
                 values = [key, row["url"], _caption_text(row["caption"]), "failed", outcome.category, str(outcome),
