@@ -30,14 +30,14 @@ import webdataset as wds  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from cluster.ray_cluster import connect  # noqa: E402
-from components.data.digits_demo_data import build_digits_tables  # noqa: E402
-from components.data.image_text_stage import shard_image_text_table  # noqa: E402
-from components.data.image_text_shard import IngestConfig  # noqa: E402
-from components.data.shard_plan import ShardSource, read_shard_refs  # noqa: E402
-from components.data.tokenizer import train_caption_tokenizer  # noqa: E402
-from components.data.url_table import TableSpec  # noqa: E402
+from components.data.ingest.digits_demo_data import build_digits_tables  # noqa: E402
+from components.data.ingest.image_text_stage import shard_image_text_table  # noqa: E402
+from components.data.ingest.image_text_shard import IngestConfig  # noqa: E402
+from components.data.loading.shard_plan import ShardSource, read_shard_refs  # noqa: E402
+from components.data.loading.tokenizer import train_caption_tokenizer  # noqa: E402
+from components.data.ingest.url_table import TableSpec  # noqa: E402
 from components.tracking.run_tracker import RunTracker  # noqa: E402
-from components.training.clip_task import TOKENIZER_FILE, ClipTask, ClipTaskConfig  # noqa: E402
+from components.tasks.clip import TOKENIZER_FILE, ClipTask, ClipTaskConfig  # noqa: E402
 from components.training.optimizers import build_adamw  # noqa: E402
 from components.training.ray_trainer import fit  # noqa: E402
 from components.training.schedules import build_scheduler  # noqa: E402

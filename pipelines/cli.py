@@ -195,11 +195,11 @@ def _tracking_uri(workdir: str) -> str:
 def _train(args: argparse.Namespace) -> None:
     import time
 
-    from components.data.shard_plan import ShardSource
+    from components.data.loading.shard_plan import ShardSource
     from pipelines.config import load_config
     from pipelines.train import ClipTrainConfig, prepare_services, train_and_register
 
-    from components.data.shard_reader import read_manifest
+    from components.data.shards.shard_reader import read_manifest
 
     cfg = load_config(ClipTrainConfig, args.config, args.overrides, ignore_sections=("data",))
     for folder in [*args.data, *([args.eval] if args.eval else [])]:
@@ -258,11 +258,11 @@ def _demo(args: argparse.Namespace) -> None:
 def _ingest(args: argparse.Namespace) -> None:
     from pydantic import ValidationError
 
-    from components.data.address_guard import AddressGuard
-    from components.data.image_processing import ImageConfig
-    from components.data.image_text_shard import IngestConfig
-    from components.data.url_fetcher import DEFAULT_USER_AGENT, FetchConfig
-    from components.data.url_table import TableSpec, iter_row_batches
+    from components.data.ingest.address_guard import AddressGuard
+    from components.data.ingest.image_processing import ImageConfig
+    from components.data.ingest.image_text_shard import IngestConfig
+    from components.data.ingest.url_fetcher import DEFAULT_USER_AGENT, FetchConfig
+    from components.data.ingest.url_table import TableSpec, iter_row_batches
 
     for flag in ("rows_per_shard", "image_size", "threads", "timeout", "max_pixels"):
         if getattr(args, flag) <= 0:
@@ -305,8 +305,8 @@ def _usage_error(message: str) -> Exception:
 # that an early error (a missing table) is not delayed by importing torch and MLflow to compare with.
 _KNOWN_ERRORS = {
     "pipelines.config.ConfigError",
-    "components.data.url_table.TableError",
-    "components.data.shard_reader.ShardSetError",
+    "components.data.ingest.url_table.TableError",
+    "components.data.shards.shard_reader.ShardSetError",
     "components.tracking.tracking_store.TrackingUnavailable",
     "components.training.checkpoint.CheckpointError",
     "components.tracking.promotion.PromotionError",

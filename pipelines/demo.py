@@ -9,12 +9,12 @@ from typing import Any, Callable
 
 from pydantic import Field, model_validator
 
-from components.data.atomic_files import write_json_atomic
-from components.data.digits_demo_data import CLASS_NAMES, PROMPT_TEMPLATES, build_digits_tables
-from components.data.image_processing import ImageConfig
-from components.data.image_text_shard import IngestConfig
-from components.data.url_table import TableSpec
-from components.data.shard_plan import ShardSource
+from components.data.shards.atomic_files import write_json_atomic
+from components.data.ingest.digits_demo_data import CLASS_NAMES, PROMPT_TEMPLATES, build_digits_tables
+from components.data.ingest.image_processing import ImageConfig
+from components.data.ingest.image_text_shard import IngestConfig
+from components.data.ingest.url_table import TableSpec
+from components.data.loading.shard_plan import ShardSource
 from pipelines.ingest_image_text import ingest_image_text
 from pipelines.train import ClipTrainConfig, Strict, prepare_services, train_and_register
 

@@ -6,10 +6,10 @@ import tempfile
 
 from mlflow.tracking import MlflowClient
 
-from components.data.shard_reader import iter_samples, read_manifest
+from components.data.shards.shard_reader import iter_samples, read_manifest
 from components.tracking.promotion import Mode, promote, record_evaluation
 from components.tracking.registry import download_registered_checkpoint, resolve_model_version
-from components.training.registry import load_task_and_model
+from components.tasks.registry import load_task_and_model
 
 
 def evaluate_registered(model_uri: str, shard_dir: str, tracking_uri: str) -> dict[str, float]:

@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from components.data.image_text_shard import IngestConfig
-from components.data.image_text_stage import shard_image_text_table
-from components.data.url_table import TableSpec
+from components.data.ingest.image_text_shard import IngestConfig
+from components.data.ingest.image_text_stage import shard_image_text_table
+from components.data.ingest.url_table import TableSpec
 
 
 class Progress:

@@ -8,10 +8,10 @@ import tarfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from components.data.contact_sheet import contact_sheet
-from components.data.shard_reader import ShardSetError
-from components.data.shard_store import ShardStore
-from components.data.shard_writer import completed_shards, shard_name
+from components.data.shards.contact_sheet import contact_sheet
+from components.data.shards.shard_reader import ShardSetError
+from components.data.shards.shard_store import ShardStore
+from components.data.shards.shard_writer import completed_shards, shard_name
 
 
 def _megabytes(n: float) -> str:

@@ -15,9 +15,9 @@ from typing import Any, Callable
 from pydantic import BaseModel, ConfigDict, Field
 
 from cluster.ray_cluster import cluster_is_local, connect
-from components.data.shard_plan import ShardSource
-from components.data.shard_reader import iter_samples, read_manifest
-from components.data.tokenizer import train_caption_tokenizer
+from components.data.loading.shard_plan import ShardSource
+from components.data.shards.shard_reader import iter_samples, read_manifest
+from components.data.loading.tokenizer import train_caption_tokenizer
 from components.models.clip import CLIPConfig
 from components.tracking.lineage import code_version, library_versions
 from components.tracking.model_package import save_model_package
@@ -33,9 +33,9 @@ from components.tracking.tracking_store import (
     resolve_tracking_uri,
 )
 from components.training.checkpoint import copy_model_files
-from components.training.clip_task import TOKENIZER_FILE, ClipTask, ClipTaskConfig
+from components.tasks.clip import TOKENIZER_FILE, ClipTask, ClipTaskConfig
 from components.training.ray_trainer import fit
-from components.training.registry import load_task_and_model
+from components.tasks.registry import load_task_and_model
 from components.training.stop_request import TrainingStopped
 from components.training.train_config import TrainConfig
 

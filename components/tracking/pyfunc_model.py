@@ -19,7 +19,7 @@ CHECKPOINT_ARTIFACT = "checkpoint"
 
 class TvpPyfuncModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
-        from components.training.registry import load_task_and_model
+        from components.tasks.registry import load_task_and_model
 
         self.task, self.model = load_task_and_model(context.artifacts[CHECKPOINT_ARTIFACT])
 

@@ -11,10 +11,10 @@ from typing import Any, Sequence
 import ray.train
 from ray.train.torch import TorchTrainer
 
-from components.data.shard_plan import EpochPlanner, ShardSource
-from components.data.shard_reader import ShardSetError
+from components.data.loading.shard_plan import EpochPlanner, ShardSource
+from components.data.shards.shard_reader import ShardSetError
 from components.training.stop_request import TrainingStopped, stop_on_sigterm
-from components.training.task import Task
+from components.tasks.task import Task
 from components.training.train_config import TrainConfig
 from components.training.worker_logs import LOG_FOLDER, download_worker_logs
 from components.training.worker_loop import train_loop_per_worker

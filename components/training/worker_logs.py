@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pyarrow.fs
 
-from components.data.shard_store import ShardStore
+from components.data.shards.shard_store import ShardStore
 
 LOG_FOLDER = "worker_logs"
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -2,7 +2,7 @@
 
 Each worker builds the task and its model, wraps it for data parallelism
 (DDP or FSDP), and reads its own planned shards (see
-``components/data/shard_plan.py``) in micro-batches, taking optimizer steps
+``components/data/loading/shard_plan.py``) in micro-batches, taking optimizer steps
 through ``OptimizerStep``. Checkpoints hold the weights, the optimizer,
 schedule and scaler state, and the data position; a worker group restarted
 by Ray Train resumes from the latest one and skips exactly the batches it
@@ -23,14 +23,14 @@ import ray.train.torch
 import torch
 from pydantic import TypeAdapter
 
-from components.data.background_iterator import BackgroundIterator
-from components.data.rank_reader import SAMPLE_ID, rank_batches
-from components.data.shard_plan import EpochPlanner, ShardSource, rank_shards
+from components.data.loading.background_iterator import BackgroundIterator
+from components.data.loading.rank_reader import SAMPLE_ID, rank_batches
+from components.data.loading.shard_plan import EpochPlanner, ShardSource, rank_shards
 from components.tracking.system_metrics import SystemSampler
 from components.training.checkpoint import load_weights, save_checkpoint_state
 from components.training.optimizers import build_adamw
 from components.training.parallel import full_state_dict, load_full_state_dict, wrap_model
-from components.training.registry import build_task
+from components.tasks.registry import build_task
 from components.training.schedules import build_scheduler
 from components.training.stop_request import StopWatcher
 from components.training.train_config import TrainConfig

@@ -2,7 +2,7 @@ import pickle
 
 import pytest
 
-from components.data.address_guard import AddressGuard, BlockedAddress, blocked_reason
+from components.data.ingest.address_guard import AddressGuard, BlockedAddress, blocked_reason
 
 REFUSED = {
     "127.0.0.1": "loopback",

@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from components.data.background_iterator import BackgroundIterator
+from components.data.loading.background_iterator import BackgroundIterator
 
 
 def test_yields_everything_in_order_and_reads_ahead_only_a_little():

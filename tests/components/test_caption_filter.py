@@ -1,7 +1,7 @@
 import pytest
 
-from components.data.caption_filter import check_caption
-from components.data.image_processing import ImageError
+from components.data.ingest.caption_filter import check_caption
+from components.data.ingest.image_processing import ImageError
 
 
 def category(raw, **bounds) -> str:

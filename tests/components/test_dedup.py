@@ -7,10 +7,10 @@ import tarfile
 
 import pyarrow as pa
 
-from components.data.dedup import _rewrite_tar, find_duplicates, remove_duplicates
-from components.data.image_text_shard import STATUS_COLUMNS, STATUS_SCHEMA
-from components.data.shard_store import ShardStore
-from components.data.shard_writer import finalize_shard_set, write_shard
+from components.data.shards.dedup import _rewrite_tar, find_duplicates, remove_duplicates
+from components.data.ingest.image_text_shard import STATUS_COLUMNS, STATUS_SCHEMA
+from components.data.shards.shard_store import ShardStore
+from components.data.shards.shard_writer import finalize_shard_set, write_shard
 
 
 def write(out, shard_id, first, pictures):

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.data.image_batches import images_to_array
-from components.data.image_processing import (
+from components.data.loading.image_batches import images_to_array
+from components.data.ingest.image_processing import (
     ImageConfig,
     ImageError,
     decode_image,
@@ -136,7 +136,7 @@ def test_reduced_jpeg_decoding_matches_the_full_decode(width, height, mode):
 
 
 def test_draft_resamples_the_exact_area_of_a_partial_last_row():
-    from components.data.image_processing import _draft
+    from components.data.ingest.image_processing import _draft
 
     img = Image.open(io.BytesIO(jpeg_bytes(gradient(1280, 853))))
     area = _draft(img, (64, 43), (0, 0, 1280, 853))

@@ -8,11 +8,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from components.data.image_processing import ImageConfig
-from components.data.image_text_stage import shard_image_text_table
-from components.data.image_text_shard import IngestConfig
-from components.data.shard_reader import ShardSetError, iter_samples
-from components.data.url_table import TableSpec
+from components.data.ingest.image_processing import ImageConfig
+from components.data.ingest.image_text_stage import shard_image_text_table
+from components.data.ingest.image_text_shard import IngestConfig
+from components.data.shards.shard_reader import ShardSetError, iter_samples
+from components.data.ingest.url_table import TableSpec
 
 CFG = IngestConfig(ImageConfig(image_size=16))
 

@@ -11,13 +11,13 @@ import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from components.data.image_batches import images_to_array
-from components.data.tokenizer import train_caption_tokenizer
+from components.data.loading.image_batches import images_to_array
+from components.data.loading.tokenizer import train_caption_tokenizer
 from components.tracking.model_package import save_model_package
 from components.tracking.registry import download_registered_checkpoint, register_checkpoint
 from components.training.checkpoint import save_checkpoint_state
-from components.training.clip_task import TOKENIZER_FILE, ClipTask, ClipTaskConfig
-from components.training.registry import load_task_and_model
+from components.tasks.clip import TOKENIZER_FILE, ClipTask, ClipTaskConfig
+from components.tasks.registry import load_task_and_model
 from tests.components.test_transformer_blocks import tiny_clip_config
 
 

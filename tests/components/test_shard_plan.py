@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from components.data.shard_plan import ShardRef, epoch_shards, rank_shards, read_shard_refs, steps_in_epoch
+from components.data.loading.shard_plan import ShardRef, epoch_shards, rank_shards, read_shard_refs, steps_in_epoch
 
 
 def refs(prefix, sizes):
@@ -48,8 +48,8 @@ def test_read_shard_refs_follows_sizes_json(tmp_path):
 def test_planner_matches_the_pure_functions_and_the_driver_refuses_too_little_data(tmp_path):
     import json as _json
 
-    from components.data.shard_plan import EpochPlanner, ShardSource
-    from components.data.shard_reader import ShardSetError
+    from components.data.loading.shard_plan import EpochPlanner, ShardSource
+    from components.data.shards.shard_reader import ShardSetError
     from components.training.ray_trainer import _check_sources
     from components.training.train_config import TrainConfig
 

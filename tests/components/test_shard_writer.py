@@ -4,8 +4,8 @@ import tarfile
 import pytest
 import webdataset as wds
 
-from components.data.shard_reader import ShardSetError, iter_samples, read_manifest, shard_paths
-from components.data.shard_writer import completed_shards, finalize_shard_set, remove_partial_files, write_shard
+from components.data.shards.shard_reader import ShardSetError, iter_samples, read_manifest, shard_paths
+from components.data.shards.shard_writer import completed_shards, finalize_shard_set, remove_partial_files, write_shard
 
 
 def samples(n: int, start: int = 0):

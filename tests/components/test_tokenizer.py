@@ -1,4 +1,4 @@
-from components.data.tokenizer import EOT, PAD, SOT, encode_captions, train_caption_tokenizer
+from components.data.loading.tokenizer import EOT, PAD, SOT, encode_captions, train_caption_tokenizer
 
 CAPTIONS = ["a handwritten seven", "the digit three written by hand", "a scan of a handwritten nine"] * 20
 

@@ -15,9 +15,9 @@ import time
 
 import pytest
 
-from components.data import url_fetcher
-from components.data.ordered_map import ordered_map
-from components.data.url_fetcher import FetchConfig, UrlFetcher, opted_out
+from components.data.ingest import url_fetcher
+from components.data.ingest.ordered_map import ordered_map
+from components.data.ingest.url_fetcher import FetchConfig, UrlFetcher, opted_out
 from tests.image_server import ImageServer, image_bytes
 
 LOOPBACK = "127.0.0.1"

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from components.data.url_table import (
+from components.data.ingest.url_table import (
     TableError,
     TableSpec,
     describe,

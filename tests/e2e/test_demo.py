@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from components.data.shard_reader import iter_samples
+from components.data.shards.shard_reader import iter_samples
 from components.tracking.registry import download_registered_checkpoint
-from components.training.registry import load_task_and_model
+from components.tasks.registry import load_task_and_model
 
 SUMMARY_KEYS = {"shards_dir", "num_train_samples", "tracking_uri", "run_id", "registered_model",
                 "model_version", "zero_shot_top1", "chance_top1"}

@@ -25,14 +25,14 @@ import pyarrow.parquet as pq
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from components.data.image_processing import ImageConfig
-from components.data.image_text_stage import shard_image_text_table
-from components.data.image_text_shard import IngestConfig
-from components.data.tokenizer import train_caption_tokenizer
-from components.data.url_table import TableSpec
+from components.data.ingest.image_processing import ImageConfig
+from components.data.ingest.image_text_stage import shard_image_text_table
+from components.data.ingest.image_text_shard import IngestConfig
+from components.data.loading.tokenizer import train_caption_tokenizer
+from components.data.ingest.url_table import TableSpec
 from components.models.clip import CLIPConfig, TextConfig
 from components.models.vit import ViTConfig
-from components.training.clip_task import TOKENIZER_FILE, ClipTask, ClipTaskConfig
+from components.tasks.clip import TOKENIZER_FILE, ClipTask, ClipTaskConfig
 from tests.conftest import CLUSTER_ENV, REPO, create_bucket
 
 EPOCHS, SHARDS, ROWS_PER_SHARD, MICRO, CHECKPOINT_EVERY = 3, 8, 64, 16, 4

@@ -11,10 +11,10 @@ import sys
 from pydantic import TypeAdapter
 
 from cluster.ray_cluster import connect
-from components.data.shard_plan import ShardSource
+from components.data.loading.shard_plan import ShardSource
 from components.tracking.run_tracker import RunTracker
 from components.training.ray_trainer import fit
-from components.training.registry import build_task
+from components.tasks.registry import build_task
 from components.training.stop_request import TrainingStopped
 from components.training.train_config import TrainConfig
 

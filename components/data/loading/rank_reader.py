@@ -15,7 +15,7 @@ import numpy as np
 import ray.data
 import torch
 
-from components.data.shard_plan import ShardRef
+from components.data.loading.shard_plan import ShardRef
 
 
 SAMPLE_ID = "sample_id"

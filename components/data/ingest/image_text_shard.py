@@ -18,12 +18,12 @@ from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
 
-from components.data.caption_filter import check_caption
-from components.data.image_processing import ImageConfig, ImageError, process_image
-from components.data.ordered_map import ordered_map
-from components.data.shard_store import ShardStore
-from components.data.shard_writer import write_shard
-from components.data.url_fetcher import FetchConfig, UrlFetcher
+from components.data.ingest.caption_filter import check_caption
+from components.data.ingest.image_processing import ImageConfig, ImageError, process_image
+from components.data.ingest.ordered_map import ordered_map
+from components.data.shards.shard_store import ShardStore
+from components.data.shards.shard_writer import write_shard
+from components.data.ingest.url_fetcher import FetchConfig, UrlFetcher
 
 STATUS_COLUMNS = ["key", "url", "caption", "status", "error_category", "error", "sha256", "original_width",
                   "original_height"]

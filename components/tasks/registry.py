@@ -8,8 +8,8 @@ from typing import Any
 from torch import nn
 
 from components.training.checkpoint import load_weights, read_checkpoint_config
-from components.training.clip_task import ClipTask
-from components.training.task import Task
+from components.tasks.clip import ClipTask
+from components.tasks.task import Task
 
 TASKS: dict[str, type[Task]] = {ClipTask.name: ClipTask}
 

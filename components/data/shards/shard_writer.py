@@ -20,8 +20,8 @@ from typing import Any, Callable, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from components.data.atomic_files import TMP_SUFFIX
-from components.data.shard_store import ShardStore
+from components.data.shards.atomic_files import TMP_SUFFIX
+from components.data.shards.shard_store import ShardStore
 
 MANIFEST_VERSION = 1
 

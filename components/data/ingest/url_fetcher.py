@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 from urllib.parse import quote, urljoin, urlsplit
 
-from components.data.address_guard import AddressGuard, BlockedAddress
+from components.data.ingest.address_guard import AddressGuard, BlockedAddress
 
 DEFAULT_USER_AGENT = "tvp/0.1 (image-text dataset downloader; honours X-Robots-Tag noai)"
 DEFAULT_PORTS = {"http": 80, "https": 443}

@@ -18,7 +18,7 @@ from typing import IO, Any, Iterator
 
 import pyarrow.fs as pafs
 
-from components.data.atomic_files import TMP_SUFFIX
+from components.data.shards.atomic_files import TMP_SUFFIX
 
 
 class ShardStore:

@@ -12,12 +12,12 @@ import torch
 from tokenizers import Tokenizer
 from torch import nn
 
-from components.data.image_batches import images_to_array
-from components.data.tokenizer import encode_captions
+from components.data.loading.image_batches import images_to_array
+from components.data.loading.tokenizer import encode_captions
 from components.evaluation.zero_shot import top1_accuracy, zero_shot_classifier, zero_shot_predict
 from components.losses.contrastive import clip_loss
 from components.models.clip import CLIP, CLIPConfig
-from components.training.task import Task
+from components.tasks.task import Task
 
 TOKENIZER_FILE = "tokenizer.json"
 

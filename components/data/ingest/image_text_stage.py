@@ -6,7 +6,7 @@
 2. Shards: Ray Data runs one task per missing shard (fetch, check, process,
    write), ``processes`` at a time; completed shards are never redone.
 3. Dedup: once every shard is complete, later copies of an image are dropped
-   (``components/data/dedup.py``).
+   (``components/data/shards/dedup.py``).
 4. ``sizes.json`` and ``manifest.json``; the planned inputs are removed.
 
 Keys and shard boundaries depend on the input alone, so a rerun after a crash
@@ -26,12 +26,12 @@ import pyarrow.parquet as pq
 import ray
 import ray.data
 
-from components.data.dedup import remove_duplicates
-from components.data.image_text_shard import IngestConfig, write_image_text_shard
-from components.data.shard_reader import ShardSetError
-from components.data.shard_store import ShardStore
-from components.data.shard_writer import completed_shards, finalize_shard_set, remove_partial_files, shard_name
-from components.data.url_table import TableSpec, describe, iter_shards, resolve_files
+from components.data.shards.dedup import remove_duplicates
+from components.data.ingest.image_text_shard import IngestConfig, write_image_text_shard
+from components.data.shards.shard_reader import ShardSetError
+from components.data.shards.shard_store import ShardStore
+from components.data.shards.shard_writer import completed_shards, finalize_shard_set, remove_partial_files, shard_name
+from components.data.ingest.url_table import TableSpec, describe, iter_shards, resolve_files
 
 INPUTS = "_inputs"
 ShardDone = Callable[[dict[str, Any], int, int], None]

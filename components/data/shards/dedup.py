@@ -19,8 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from components.data.shard_store import ShardStore
-from components.data.shard_writer import as_store, completed_shards, shard_name
+from components.data.shards.shard_store import ShardStore
+from components.data.shards.shard_writer import as_store, completed_shards, shard_name
 
 DUPLICATE = "duplicate"
 

@@ -8,7 +8,7 @@ counts them with the image failures, by category.
 
 from __future__ import annotations
 
-from components.data.image_processing import ImageError
+from components.data.ingest.image_processing import ImageError
 
 
 def _decode(raw: bytes | str | None) -> str:
