@@ -13,31 +13,39 @@ reached; without weights every shard of every set is read once per epoch.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from components.data.shards.shard_set import ShardRef, ShardSet, shard_url
+from components.data.shards.shard_store import ShardStore
 
-@dataclass(frozen=True)
-class ShardRef:
-    url: str
-    num_samples: int
+__all__ = ["ShardRef", "ShardSource", "EpochPlanner", "read_shard_refs", "epoch_shards", "rank_shards",
+           "steps_in_epoch"]
 
 
 @dataclass(frozen=True)
 class ShardSource:
-    """A finished shard set and its sampling weight when sets are mixed."""
+    """A shard set (folder or ``s3://``/``gs://`` URI) and its sampling weight when sets are mixed.
+
+    ``index_dir`` is where the index of a foreign set that cannot be written beside its shards lives
+    (``shard_set.work_index_dir(WORKDIR)``); workers must see it, as they see the shards.
+    """
 
     path: str
     weight: float = 1.0
+    index_dir: str | None = None
 
 
-def read_shard_refs(shard_dir: str | Path) -> list[ShardRef]:
-    sizes = json.loads((Path(shard_dir) / "sizes.json").read_text())
-    root = Path(shard_dir).resolve()
-    return [ShardRef(str(root / name), int(count)) for name, count in sorted(sizes.items())]
+def read_shard_refs(shard_dir: str | Path, index_dir: str | Path | None = None) -> list[ShardRef]:
+    """The complete shards of a set, in name order: from its ``sizes.json`` when it has one (one small read,
+    which is what every worker does), else through ``ShardSet.open`` (which indexes a foreign set)."""
+    store = ShardStore(shard_dir)
+    if store.exists("sizes.json"):
+        sizes = store.read_json("sizes.json")
+        return [ShardRef(shard_url(store, name), int(count)) for name, count in sorted(sizes.items())]
+    return ShardSet.open(shard_dir, index_dir).refs
 
 
 def _rng(*key: int) -> np.random.Generator:
@@ -89,7 +97,7 @@ class EpochPlanner:
     """Every epoch's shard order and step count for a set of sources: the same on every rank and the driver."""
 
     def __init__(self, sources: list[ShardSource], seed: int, samples_per_epoch: int | None = None):
-        self.refs = [read_shard_refs(source.path) for source in sources]
+        self.refs = [read_shard_refs(source.path, source.index_dir) for source in sources]
         self.weights = [source.weight for source in sources] if len(sources) > 1 else None
         self.seed, self.samples_per_epoch = seed, samples_per_epoch
 
