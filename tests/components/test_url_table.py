@@ -12,8 +12,13 @@ from components.data.ingest.url_table import (
     TableSpec,
     describe,
     iter_row_batches,
-    iter_shards,
 )
+from components.data.shards.shard_source import cut_shards
+
+
+def iter_shards(spec: TableSpec, rows_per_shard: int):
+    """The table cut into shards as the shard stage plans them."""
+    return cut_shards(iter_row_batches(spec, rows_per_shard), rows_per_shard)
 
 ROWS = [
     {"url": "http://a/0.jpg", "caption": 'a "quoted", comma', "width": 10},

@@ -17,14 +17,13 @@ import io
 import math
 import warnings
 from dataclasses import dataclass
-from typing import ClassVar, Literal, get_args
+from typing import ClassVar, get_args
 
 from PIL import Image
 
-# The modes of img2dataset: border fits inside a size x size square and pads
-# black; keep_ratio makes the smaller side `size`, keep_ratio_largest the
-# larger one; center_crop fills the square and crops the middle.
-ResizeMode = Literal["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"]
+from components.data.ingest import ingest_defaults as defaults
+from components.data.ingest.ingest_defaults import ResizeMode
+
 Box = tuple[float, float, float, float]  # left, top, right, bottom in source pixels
 
 _BACKGROUND = (255, 255, 255)  # transparent pixels become white, as img2dataset does
@@ -33,12 +32,12 @@ _PADDING = (0, 0, 0)
 
 @dataclass
 class ImageConfig:
-    image_size: int = 224  # output side in pixels (CLIP and ViT inputs)
-    resize_mode: ResizeMode = "border"  # see ResizeMode
-    jpeg_quality: int = 95
-    max_pixels: int = 64_000_000  # larger images are refused as decompression bombs, from the header
-    min_size: int = 1  # images with a smaller side are refused (too_small)
-    max_aspect_ratio: float = 0.0  # longer side / shorter side above this is refused (aspect_ratio); 0 = off
+    image_size: int = defaults.IMAGE_SIZE  # output side in pixels (CLIP and ViT inputs)
+    resize_mode: ResizeMode = defaults.RESIZE_MODE  # see ResizeMode
+    jpeg_quality: int = defaults.JPEG_QUALITY
+    max_pixels: int = defaults.MAX_PIXELS  # larger images are refused as decompression bombs, from the header
+    min_size: int = defaults.MIN_IMAGE_SIZE  # images with a smaller side are refused (too_small)
+    max_aspect_ratio: float = defaults.MAX_ASPECT_RATIO  # longer side / shorter side above this is refused; 0 = off
 
     __pydantic_config__: ClassVar[dict] = {"extra": "forbid"}
 

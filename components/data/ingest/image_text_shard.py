@@ -1,10 +1,11 @@
-"""One image-text shard from a slice of input rows: fetch, check, process, write. No Ray here.
+"""One image-text shard from a slice of input rows: fetch, check, process. No Ray, and no writing here.
 
 Keys are the zero-padded input row position, so they depend on the input
 alone. Every row lands in the shard's Parquet with its status; failures are
 counted by category in its stats. Rows are fetched and processed by a pool of
 threads (downloads wait on the network, Pillow releases the GIL while it
-decodes and resizes) and written in input order as they finish.
+decodes and resizes) and handed on in input order as they finish; the shard
+stage (``components/data/shards/shard_stage.py``) writes them.
 """
 
 from __future__ import annotations
@@ -13,17 +14,17 @@ import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterator
 from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
 
+from components.data.ingest import ingest_defaults as defaults
 from components.data.ingest.caption_filter import check_caption
 from components.data.ingest.image_processing import ImageConfig, ImageError, process_image
 from components.data.ingest.ordered_map import ordered_map
-from components.data.shards.shard_store import ShardStore
-from components.data.shards.shard_writer import write_shard
 from components.data.ingest.url_fetcher import FetchConfig, UrlFetcher
+from components.data.shards.shard_source import ShardContent
 
 STATUS_COLUMNS = ["key", "url", "caption", "status", "error_category", "error", "sha256", "original_width",
                   "original_height"]
@@ -34,9 +35,9 @@ STATUS_SCHEMA = pa.schema([(c, pa.int64() if c.startswith("original_") else pa.s
 class IngestConfig:
     image: ImageConfig = field(default_factory=ImageConfig)
     fetch: FetchConfig = field(default_factory=FetchConfig)
-    threads: int = 32  # rows fetched and processed at once in each task
-    min_caption_length: int = 1  # characters, surrounding whitespace not counted
-    max_caption_length: int | None = None
+    threads: int = defaults.THREADS  # rows fetched and processed at once in each task
+    min_caption_length: int = defaults.MIN_CAPTION_LENGTH  # characters, surrounding whitespace not counted
+    max_caption_length: int | None = defaults.MAX_CAPTION_LENGTH
 
     __pydantic_config__: ClassVar[dict] = {"extra": "forbid"}
 
@@ -81,20 +82,46 @@ def _caption_text(raw: Any) -> str | None:
     return bytes(raw).decode("utf-8", errors="replace")
 
 
-def write_image_text_shard(
-    rows: pa.Table, shard_id: int, first_row: int, out_dir: str | ShardStore, cfg: IngestConfig, base_dir: str,
-    extra_stats: dict[str, Any] | None = None, fetcher: UrlFetcher | None = None,
-) -> dict[str, Any]:
-    """Write shard ``shard_id`` from ``rows`` (input rows ``first_row``…) into ``out_dir``; return its stats.
+class _RowLog:
+    """Every input row's outcome in input order: the shard's status table and its counts."""
+
+    def __init__(self):
+        self.columns: dict[str, list] = {c: [] for c in STATUS_COLUMNS}
+        self.errors: dict[str, int] = {}
+        self.successes = 0
+
+    def failed(self, key: str, row: dict[str, Any], error: ImageError) -> None:
+        self.errors[error.category] = self.errors.get(error.category, 0) + 1
+        self._add([key, row["url"], _caption_text(row["caption"]), "failed", error.category, str(error),
+                   None, None, None])
+
+    def succeeded(self, sample: dict[str, Any]) -> None:
+        self.successes += 1
+        meta = sample["json"]
+        self._add([sample["__key__"], meta["url"], meta["caption"], "success", None, None, meta["sha256"],
+                   meta["original_width"], meta["original_height"]])
+
+    def _add(self, values: list[Any]) -> None:
+        for column, value in zip(STATUS_COLUMNS, values):
+            self.columns[column].append(value)
+
+    def table(self) -> pa.Table:
+        return pa.table(self.columns, schema=STATUS_SCHEMA)
+
+
+def build_image_text_shard(
+    rows: pa.Table, first_row: int, cfg: IngestConfig, base_dir: str, fetcher: UrlFetcher | None = None,
+) -> ShardContent:
+    """The shard made of ``rows`` (input rows ``first_row``…): a sample per usable row, a status row per row.
 
     ``rows`` has ``url`` (string), ``caption`` (binary or string) and any other columns, carried into each
-    sample's ``.json``. Relative image paths are read from ``base_dir``.
+    sample's ``.json``. Relative image paths are read from ``base_dir``. Images are fetched and processed
+    as the samples are consumed.
     """
     started = time.monotonic()
     fetcher = fetcher or UrlFetcher(cfg.fetch)
-    status: dict[str, list] = {c: [] for c in STATUS_COLUMNS}
-    errors: dict[str, int] = {}
-    counts = {"successes": 0}
+    inputs = rows.to_pylist()
+    log = _RowLog()
 
     def attempt(item: tuple[int, dict[str, Any]]) -> tuple[str, dict | ImageError]:
         offset, row = item
@@ -104,25 +131,27 @@ def write_image_text_shard(
         except ImageError as exc:
             return key, exc
 
-    def samples():
-        inputs = rows.to_pylist()
+    def samples() -> Iterator[dict[str, Any]]:
         for (key, outcome), row in zip(ordered_map(attempt, enumerate(inputs), cfg.threads), inputs):
             if isinstance(outcome, ImageError):
-                errors[outcome.category] = errors.get(outcome.category, 0) + 1
-                values = [key, row["url"], _caption_text(row["caption"]), "failed", outcome.category, str(outcome),
-                          None, None, None]
+                log.failed(key, row, outcome)
             else:
-                counts["successes"] += 1
-                meta = outcome["json"]
-                values = [key, row["url"], meta["caption"], "success", None, None, meta["sha256"],
-                          meta["original_width"], meta["original_height"]]
+                log.succeeded(outcome)
                 yield outcome
-            for column, value in zip(STATUS_COLUMNS, values):
-                status[column].append(value)
 
     def stats() -> dict[str, Any]:
-        return {"input_rows": rows.num_rows, "successes": counts["successes"],
-                "failures": rows.num_rows - counts["successes"], "errors": errors,
-                "duration_s": round(time.monotonic() - started, 3), **(extra_stats or {})}
+        return {"input_rows": len(inputs), "successes": log.successes, "failures": len(inputs) - log.successes,
+                "errors": log.errors, "duration_s": round(time.monotonic() - started, 3)}
 
-    return write_shard(out_dir, shard_id, samples(), stats, rows=lambda: pa.table(status, schema=STATUS_SCHEMA))
+    return ShardContent(samples(), stats, rows=log.table)
+
+
+@dataclass(frozen=True)
+class ImageTextShardBuilder:
+    """The image-text ``ShardBuilder`` of the shard stage (see ``build_image_text_shard``)."""
+
+    cfg: IngestConfig
+    base_dir: str  # where relative image paths point: the table's folder ("" for a remote table)
+
+    def __call__(self, rows: pa.Table, first_row: int) -> ShardContent:
+        return build_image_text_shard(rows, first_row, self.cfg, self.base_dir)

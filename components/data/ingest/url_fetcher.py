@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 from urllib.parse import quote, urljoin, urlsplit
 
+from components.data.ingest import ingest_defaults as defaults
 from components.data.ingest.address_guard import AddressGuard, BlockedAddress
 
 DEFAULT_USER_AGENT = "tvp/0.1 (image-text dataset downloader; honours X-Robots-Tag noai)"
@@ -56,8 +57,8 @@ Connector = Callable[[tuple[str, int], float], socket.socket]
 
 @dataclass(frozen=True)
 class FetchConfig:
-    timeout_s: float = 10.0  # per attempt, for every hop and the whole body: a trickling server cannot stall a task
-    retries: int = 2  # extra attempts after a transient failure
+    timeout_s: float = defaults.FETCH_TIMEOUT_S  # per attempt, for every hop and the whole body: a trickling server cannot stall a task
+    retries: int = defaults.FETCH_RETRIES  # extra attempts after a transient failure
     backoff_s: float = 0.5  # the n-th retry waits backoff_s * 2**(n-1)
     user_agent: str = DEFAULT_USER_AGENT  # its product token ("tvp") is the name X-Robots-Tag prefixes match
     honour_opt_out: bool = True  # refuse responses whose X-Robots-Tag says noai, noimageai, noindex or noimageindex

@@ -276,31 +276,6 @@ def iter_row_batches(spec: TableSpec, batch_rows: int = 65_536) -> Iterator[pa.T
                 yield table.slice(start, batch_rows)
 
 
-def _concat(tables: list[pa.Table]) -> pa.Table:
-    # Files of one folder may differ slightly (a column all null in one, typed in another).
-    return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
-
-
-def iter_shards(spec: TableSpec, rows_per_shard: int) -> Iterator[tuple[int, int, pa.Table]]:
-    """(shard id, first global row, rows) with exactly ``rows_per_shard`` rows each but the last.
-
-    Shards are cut across file boundaries; about one shard of rows is held at a time.
-    """
-    if rows_per_shard < 1:
-        raise ValueError("rows_per_shard must be positive")
-    pending: list[pa.Table] = []
-    held, shard_id = 0, 0
-    for batch in iter_row_batches(spec, min(rows_per_shard, 65_536)):
-        pending.append(batch)
-        held += batch.num_rows
-        while held >= rows_per_shard:
-            rows = _concat(pending)
-            yield shard_id, shard_id * rows_per_shard, rows.slice(0, rows_per_shard)
-            pending, held, shard_id = [rows.slice(rows_per_shard)], held - rows_per_shard, shard_id + 1
-    if held:
-        yield shard_id, shard_id * rows_per_shard, _concat(pending)
-
-
 # ---------------------------------------------------------------- manifest
 
 

@@ -18,7 +18,7 @@ from typing import IO, Any, Iterator
 
 import pyarrow.fs as pafs
 
-from components.data.shards.atomic_files import TMP_SUFFIX
+from components.data.shards.atomic_files import json_bytes, open_atomic
 
 
 class ShardStore:
@@ -60,11 +60,8 @@ class ShardStore:
     def open_write(self, name: str) -> Iterator[IO[bytes]]:
         """A binary file to write; ``name`` appears, whole, only when the block ends without an error."""
         if self.is_local:
-            final = Path(self.path(name))
-            tmp = final.with_name(final.name + TMP_SUFFIX)
-            with open(tmp, "wb") as f:
+            with open_atomic(self.path(name)) as f:
                 yield f
-            os.replace(tmp, final)
             return
         with tempfile.TemporaryFile() as f:
             yield f
@@ -77,7 +74,7 @@ class ShardStore:
             f.write(data)
 
     def write_json(self, name: str, obj: Any) -> None:
-        self.write_bytes(name, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+        self.write_bytes(name, json_bytes(obj))
 
     def delete(self, name: str) -> None:
         self.fs.delete_file(self.path(name))

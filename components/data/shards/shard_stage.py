@@ -1,0 +1,160 @@
+"""The one shard stage: a stream of input rows → a complete shard set, with one Ray task per shard.
+
+A source hands it an ``InputReader`` and a ``ShardBuilder`` (their data
+contract is in ``shard_source.py``) and the ``config`` that shapes its samples.
+
+The stage itself:
+
+1. Fingerprint: a hash of the reader's description and the ``config`` (what
+   shapes the samples, ``rows_per_shard`` added). Every shard's stats carry
+   it; a folder holding shards with another fingerprint is refused.
+2. Plan: the reader is streamed once and cut into shards of
+   ``rows_per_shard`` rows; each missing shard's rows go to ``_inputs/`` (the
+   driver holds about one shard, however large the input). Files an
+   interrupted run left half-written are removed first.
+3. Shards: one Ray task per missing shard, ``processes`` at a time. A shard
+   is complete when its ``NNNNN_stats.json`` exists, and is never redone.
+4. ``after_shards(store)`` (for image-text: dedup), once every shard is complete.
+5. ``sizes.json`` and ``manifest.json`` (with the content hash); ``_inputs/`` is removed.
+
+Shard boundaries and keys depend on the input alone, so a rerun after a crash
+gives exactly the set an uninterrupted run gives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pyarrow.parquet as pq
+import ray
+import ray.data
+
+from components.data.shards.shard_reader import ShardSetError
+from components.data.shards.shard_source import InputReader, ShardBuilder, cut_shards
+from components.data.shards.shard_store import ShardStore
+from components.data.shards.shard_writer import (
+    completed_shards, finalize_shard_set, remove_partial_files, shard_name, write_shard,
+)
+
+INPUTS = "_inputs"
+ShardDone = Callable[[dict[str, Any], int, int], None]  # (the shard's stats, shards complete, shards in all)
+Planned = Callable[[int, int, int], None]  # (shards in all, shards to do, input rows)
+
+
+def config_fingerprint(source: dict[str, Any], config: dict[str, Any]) -> str:
+    """What a shard was made from, in 16 hex digits: equal exactly when source and config are."""
+    return hashlib.sha256(json.dumps([source, config], sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _refuse_foreign(store: ShardStore, done: dict[int, dict[str, Any]], fingerprint: str, input_name: str) -> None:
+    foreign = sorted(i for i, s in done.items() if s.get("config_fingerprint") != fingerprint)
+    if foreign:
+        raise ShardSetError(f"{store.location} holds shards made from another {input_name} or config "
+                            f"(shard {shard_name(foreign[0])}); use an empty output folder or the same arguments")
+
+
+def _forget_other_inputs(store: ShardStore, fingerprint: str) -> None:
+    """Planned inputs are reused by a resumed run only if they were planned from the same inputs and config."""
+    marker = f"{INPUTS}/FINGERPRINT"
+    if store.exists(INPUTS) and (not store.exists(marker) or store.read_bytes(marker).decode() != fingerprint):
+        store.delete_folder(INPUTS)
+    store.makedirs(INPUTS)
+    store.write_bytes(marker, fingerprint.encode())
+
+
+def plan_shards(reader: InputReader, store: ShardStore, rows_per_shard: int,
+                done: set[int]) -> tuple[list[dict[str, int]], int, int]:
+    """Save each missing shard's rows; return (pending shards, number of shards, number of input rows)."""
+    pending, shards, total = [], 0, 0
+    batches = reader.read(min(rows_per_shard, 65_536))
+    for shard_id, first_row, rows in cut_shards(batches, rows_per_shard):
+        shards, total = shards + 1, total + rows.num_rows
+        if shard_id in done:
+            continue
+        name = f"{INPUTS}/{shard_name(shard_id)}.parquet"
+        if not store.exists(name):
+            with store.open_write(name) as f:
+                pq.write_table(rows, f)
+        pending.append({"shard_id": shard_id, "first_row": first_row})
+    return pending, shards, total
+
+
+def write_planned_shard(store: ShardStore, shard_id: int, first_row: int, build: ShardBuilder,
+                        lineage: dict[str, Any]) -> dict[str, Any]:
+    """Build shard ``shard_id`` from its planned rows and write it; return its stats (``lineage`` added)."""
+    rows = pq.read_table(io.BytesIO(store.read_bytes(f"{INPUTS}/{shard_name(shard_id)}.parquet")))
+    content = build(rows, first_row)
+    return write_shard(store, shard_id, content.samples, lambda: {**content.stats(), **lineage}, rows=content.rows)
+
+
+def _shard_task(item: dict[str, Any], location: str, build: ShardBuilder, fingerprint: str) -> dict[str, str]:
+    lineage = {"config_fingerprint": fingerprint, "node_id": ray.get_runtime_context().get_node_id()}
+    stats = write_planned_shard(ShardStore(location), int(item["shard_id"]), int(item["first_row"]), build, lineage)
+    # Stats hold dicts whose keys vary by shard (error counts): pass JSON, not an Arrow struct.
+    return {"stats": json.dumps(stats)}
+
+
+def _run_tasks(pending: list[dict[str, int]], store: ShardStore, build: ShardBuilder, fingerprint: str,
+               processes: int | None) -> Iterator[dict[str, Any]]:
+    """Stats of each pending shard as its Ray task completes."""
+    processes = processes or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    dataset = ray.data.from_items(pending, override_num_blocks=len(pending)).map(
+        _shard_task, compute=ray.data.TaskPoolStrategy(size=min(processes, len(pending))),
+        fn_kwargs={"location": store.location, "build": build, "fingerprint": fingerprint},
+    )
+    for row in dataset.iter_rows():
+        yield json.loads(row["stats"])
+
+
+def build_shard_set(
+    reader: InputReader,
+    build: ShardBuilder,
+    out_dir: str | Path,
+    config: dict[str, Any],
+    rows_per_shard: int,
+    processes: int | None = None,
+    after_shards: Callable[[ShardStore], Any] | None = None,
+    on_planned: Planned | None = None,
+    on_shard_done: ShardDone | None = None,
+) -> dict[str, Any]:
+    """Write the missing shards of ``reader``'s input into ``out_dir`` (a folder or ``s3://…``); return the manifest.
+
+    ``config`` is JSON of every setting that changes the samples (not the
+    ones that change only speed). ``on_planned(shards, pending, rows)`` is
+    called once the input is cut, ``on_shard_done(stats, done, total)`` as
+    each shard completes. A folder holding shards made from other inputs or
+    another config is refused with ``ShardSetError``.
+    """
+    store = ShardStore(out_dir)
+    source = reader.describe()  # clear errors on bad inputs before anything is written
+    config = {**config, "rows_per_shard": rows_per_shard}
+    fingerprint = config_fingerprint(source, config)
+    created = not store.exists()
+    store.makedirs()
+    done = completed_shards(store)
+    _refuse_foreign(store, done, fingerprint, reader.input_name)
+    remove_partial_files(store)
+    _forget_other_inputs(store, fingerprint)
+    try:
+        pending, num_shards, num_rows = plan_shards(reader, store, rows_per_shard, set(done))
+    except Exception:  # inputs that turn out malformed halfway: leave nothing behind that was not there
+        if not done:
+            store.delete_folder(INPUTS)
+            if created:
+                store.fs.delete_dir(store.root)
+        raise
+    if on_planned:
+        on_planned(num_shards, len(pending), num_rows)
+    if pending:
+        for finished, stats in enumerate(_run_tasks(pending, store, build, fingerprint, processes), len(done) + 1):
+            if on_shard_done:
+                on_shard_done(stats, finished, num_shards)
+    if after_shards:
+        after_shards(store)
+    manifest = finalize_shard_set(store, source, config)
+    store.delete_folder(INPUTS)
+    return manifest
