@@ -74,35 +74,48 @@ def _build_parser() -> argparse.ArgumentParser:
     table.add_argument("--no-header", action="store_true", help="csv/tsv files have no header line (CC3M)")
     table.add_argument("--column-names", default=None,
                        help="comma-separated column names for csv/tsv files (CC3M: caption,url)")
+    from typing import get_args
+
+    from components.data.ingest import ingest_defaults as defaults  # imports nothing: the parser stays fast
+
     images = image_text.add_argument_group("images and filters")
-    images.add_argument("--image-size", type=int, default=256, help="output side in pixels (default: 256)")
-    images.add_argument("--resize-mode", default="border",
-                        choices=["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"],
+    images.add_argument("--image-size", type=int, default=defaults.IMAGE_SIZE,
+                        help="output side in pixels (default: %(default)s)")
+    images.add_argument("--resize-mode", default=defaults.RESIZE_MODE, choices=get_args(defaults.ResizeMode),
                         help="border: fit and pad; keep_ratio: shorter side to size; keep_ratio_largest: longer side "
-                             "to size; center_crop: fill and crop; no: keep (default: border)")
-    images.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality of stored images (default: 95)")
-    images.add_argument("--min-image-size", type=int, default=1, help="refuse images with a shorter side (default: 1)")
-    images.add_argument("--max-aspect-ratio", type=float, default=0.0,
-                        help="refuse images longer than this many times their width or height (default: 0, off)")
-    images.add_argument("--max-pixels", type=int, default=64_000_000,
-                        help="refuse images with more pixels, before decoding them (default: 64000000)")
-    images.add_argument("--min-caption-length", type=int, default=1, help="characters (default: 1)")
-    images.add_argument("--max-caption-length", type=int, default=None, help="characters (default: no limit)")
+                             "to size; center_crop: fill and crop; no: keep (default: %(default)s)")
+    images.add_argument("--jpeg-quality", type=int, default=defaults.JPEG_QUALITY,
+                        help="JPEG quality of stored images (default: %(default)s)")
+    images.add_argument("--min-image-size", type=int, default=defaults.MIN_IMAGE_SIZE,
+                        help="refuse images with a shorter side (default: %(default)s)")
+    images.add_argument("--max-aspect-ratio", type=float, default=defaults.MAX_ASPECT_RATIO,
+                        help="refuse images longer than this many times their width or height (default: %(default)s, "
+                             "off)")
+    images.add_argument("--max-pixels", type=int, default=defaults.MAX_PIXELS,
+                        help="refuse images with more pixels, before decoding them (default: %(default)s)")
+    images.add_argument("--min-caption-length", type=int, default=defaults.MIN_CAPTION_LENGTH,
+                        help="characters (default: %(default)s)")
+    images.add_argument("--max-caption-length", type=int, default=defaults.MAX_CAPTION_LENGTH,
+                        help="characters (default: no limit)")
     images.add_argument("--no-dedup", action="store_true",
                         help="keep later copies of the same image (by default the first in input order is kept)")
     download = image_text.add_argument_group("downloading")
-    download.add_argument("--timeout", type=float, default=10.0, help="seconds per request, body included (default: 10)")
-    download.add_argument("--retries", type=int, default=2, help="retries of timeouts, resets and 5xx (default: 2)")
+    download.add_argument("--timeout", type=float, default=defaults.FETCH_TIMEOUT_S,
+                          help="seconds per request, body included (default: %(default)s)")
+    download.add_argument("--retries", type=int, default=defaults.FETCH_RETRIES,
+                          help="retries of timeouts, resets and 5xx (default: %(default)s)")
     download.add_argument("--user-agent", default=None, help="User-Agent header (default: tvp's)")
     download.add_argument("--ignore-opt-out", action="store_true",
                           help="download even where X-Robots-Tag says noai, noimageai, noindex or noimageindex")
     download.add_argument("--allow-address", action="append", default=[], metavar="IP_OR_CIDR",
                           help="let downloads reach this private/loopback address or network (repeatable)")
     work = image_text.add_argument_group("work")
-    work.add_argument("--rows-per-shard", type=int, default=10_000, help="input rows per shard (default: 10000)")
+    work.add_argument("--rows-per-shard", type=int, default=defaults.ROWS_PER_SHARD,
+                      help="input rows per shard (default: %(default)s)")
     work.add_argument("--processes", type=int, default=None,
                       help="shards processed at once (default: the Ray cluster's CPUs)")
-    work.add_argument("--threads", type=int, default=32, help="rows fetched and processed at once per shard (default: 32)")
+    work.add_argument("--threads", type=int, default=defaults.THREADS,
+                      help="rows fetched and processed at once per shard (default: %(default)s)")
     _add_address(image_text)
 
     inspect = commands.add_parser(
