@@ -123,12 +123,18 @@ def _build_parser() -> argparse.ArgumentParser:
         help="counts, sizes and failures of a shard set, and a contact sheet of its pictures",
         description=("Print a shard set's counts, sizes and failures by category (from its stats files, so an "
                      "unfinished set can be inspected too) and write a contact sheet: a grid of sample pictures "
-                     "with their captions."),
+                     "with their captions. A set made by another tool (img2dataset's layout, no manifest.json) "
+                     "is summarized from its index, made with --index."),
     )
-    inspect.add_argument("shards", help="the shard set folder")
+    inspect.add_argument("shards", help="the shard set: a folder or an s3:// or gs:// URI")
     inspect.add_argument("--contact-sheet", default=None,
                          help="where to write the contact sheet (default: SHARDS/contact_sheet.jpg)")
     inspect.add_argument("--samples", type=int, default=24, help="pictures on the contact sheet (default: 24)")
+    inspect.add_argument("--index", action="store_true",
+                         help="index a set made by another tool now (sample counts, content hash): written beside "
+                              "its shards, or under WORKDIR/shard_index where that location is read-only")
+    inspect.add_argument("--workdir", default="tvp-demo",
+                         help="work directory whose shard_index/ holds indexes of read-only sets (default: ./tvp-demo)")
 
     train = commands.add_parser(
         "train",
@@ -303,9 +309,11 @@ def _ingest(args: argparse.Namespace) -> None:
 
 
 def _inspect(args: argparse.Namespace) -> None:
+    from components.data.shards.shard_set import work_index_dir
     from pipelines.inspect_shards import inspect_shards
 
-    inspect_shards(args.shards, args.contact_sheet, args.samples)
+    inspect_shards(args.shards, args.contact_sheet, args.samples, index=args.index,
+                   index_dir=work_index_dir(Path(args.workdir).resolve()))
 
 
 def _usage_error(message: str) -> Exception:
