@@ -59,7 +59,7 @@ INDEX_FOLDER = "shard_index"
 HASH_RULE = "sha256 over 'NAME:BYTES:COUNT\\n' per complete shard in name order"
 _TAR = re.compile(r"^(\d+)\.tar$")
 _STATS_SUFFIX = "_stats.json"
-_COUNTING_THREADS = 8  # tars streamed at once when counting (I/O bound in object storage)
+_IO_THREADS = 8  # stats files read, or tars streamed to count them, at once (I/O bound in object storage)
 
 
 @dataclass(frozen=True)
@@ -244,7 +244,7 @@ def _refs(store: ShardStore, index_store: ShardStore, location: str) -> list[Sha
 
 def _complete_shards(files: dict[str, int], location: str) -> tuple[list[str], list[str], bool]:
     """(complete tars, incomplete tars, whether stats files decide completeness), names sorted."""
-    tars = sorted((name for name in files if _TAR.match(name)), key=lambda n: (int(n[:-4]), n))
+    tars = sorted(name for name in files if _TAR.match(name))
     if not tars:
         extra = "no manifest.json, no sizes.json and no NNNNN.tar shards in it"
         raise ShardSetError(f"{location} is not a shard set: {extra}")
@@ -293,7 +293,10 @@ def _build_index(location: str, store: ShardStore, files: dict[str, int],
     if incomplete:
         log.warning("%s: %d shards have no _stats.json and are left out as incomplete: %s", location,
                      len(incomplete), ", ".join(incomplete[:5]) + (" …" if len(incomplete) > 5 else ""))
-    stats = {t: _read_json(store, f"{t[:-4]}{_STATS_SUFFIX}", location) for t in complete} if has_stats else {}
+    with ThreadPoolExecutor(max_workers=_IO_THREADS) as pool:
+        with_stats = complete if has_stats else []
+        stats = dict(zip(with_stats, pool.map(
+            lambda tar: _read_json(store, f"{tar[:-4]}{_STATS_SUFFIX}", location), with_stats)))
     if any(isinstance(s, dict) and _is_tvp_stats(s) for s in stats.values()):
         raise ShardSetError(f"{location} is an unfinished tvp shard set (it has no manifest.json): "
                             "rerun its ingestion to finish it")
@@ -311,7 +314,7 @@ def _build_index(location: str, store: ShardStore, files: dict[str, int],
         else:
             to_stream.append(tar)
     counted_from["streaming"] = len(to_stream)
-    with ThreadPoolExecutor(max_workers=_COUNTING_THREADS) as pool:
+    with ThreadPoolExecutor(max_workers=_IO_THREADS) as pool:
         streamed = pool.map(lambda tar: _count_samples(shard_url(store, tar), location), to_stream)
         counts.update(zip(to_stream, streamed))
     sizes = {tar: counts[tar] for tar in complete}
