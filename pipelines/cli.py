@@ -14,6 +14,7 @@ examples:
   tvp demo --workdir /tmp/d --set train.epochs=3
   tvp ingest image-text pairs.parquet --output shards/ --image-size 224
   tvp train clip --data tvp-demo/shards/train --eval tvp-demo/shards/heldout --name nightly --promote-if zero_shot_top1
+  tvp finetune clip --from models:/tvp-demo-clip@latest --data tvp-demo/shards/train --eval tvp-demo/shards/heldout
   tvp evaluate models:/tvp-demo-clip@latest --data tvp-demo/shards/heldout
   tvp promote models:/tvp-demo-clip@latest --metric zero_shot_top1
   RAY_ADDRESS=127.0.0.1:6379 tvp demo       use a running Ray cluster
@@ -136,28 +137,44 @@ def _build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--workdir", default="tvp-demo",
                          help="work directory whose shard_index/ holds indexes of read-only sets (default: ./tvp-demo)")
 
+    from components.tasks.registry import task_names  # names only: no task module is imported
+
     train = commands.add_parser(
         "train",
         help="train a model on shard sets with Ray Train, track it and register it",
         description=(
-            "Train on one or more finished shard sets with the shared Ray Train loop, log one MLflow run, evaluate "
-            "on --eval if given, and register the final checkpoint as a new version. Run again with the same "
-            "--name to resume an interrupted run from its latest checkpoint, in the same MLflow run. Model and "
-            "training settings come from a preset (its data section, which is the demo's, is ignored) and --set."
+            "Train TASK on one or more shard sets (folders or s3:// / gs:// URIs, tvp's or another tool's such as "
+            "img2dataset's) with the shared Ray Train loop, log one MLflow run, evaluate on --eval in the workers "
+            "after every epoch, and register the final checkpoint as a new version. Run again with the same "
+            "--name to resume an interrupted run from its latest checkpoint, in the same MLflow run. Settings come "
+            "from a preset (default: TASK-tiny; sections task, train, tracking) and --set."
         ),
+        epilog=f"tasks: {', '.join(task_names())}",
     )
-    train.add_argument("model", choices=["clip"], help="the model family (more come with later work)")
-    train.add_argument("--data", action="append", required=True, metavar="DIR",
-                       help="a shard set to train on (repeatable; with --weight, sets are mixed by weight)")
-    train.add_argument("--weight", action="append", type=float, metavar="W",
-                       help="sampling weight of each --data, in order (needs train.samples_per_epoch)")
-    train.add_argument("--eval", metavar="DIR", help="a labelled shard set for the model's evaluation")
-    train.add_argument("--name", help="run name; the same name resumes (default: clip-<time>)")
-    train.add_argument("--promote-if", metavar="METRIC",
-                       help="after evaluation, move champion to the new version if METRIC beats the champion's")
-    _add_config(train)
+    train.add_argument("task", metavar="TASK", choices=task_names(), help=f"the model family: {', '.join(task_names())}")
+    _add_training_inputs(train, resume_help="run name; the same name resumes (default: TASK-<time>)")
+    _add_config(train, default=None, default_help="TASK-tiny")
     _add_workdir(train)
     _add_address(train)
+
+    finetune = commands.add_parser(
+        "finetune",
+        help="continue training a registered model (or a checkpoint folder) on shard sets",
+        description=(
+            "Start from MODEL_URI (models:/NAME@ALIAS, models:/NAME/VERSION or a checkpoint folder): its weights, "
+            "task settings and assets (CLIP's tokenizer) are the starting point, adapted where the config differs. "
+            "Then train as tvp train does; the run and the registered version record the parent (model, version, "
+            "run) as tvp.parent_* tags. Settings come from a preset (default: TASK-finetune) and --set."
+        ),
+        epilog=f"tasks: {', '.join(task_names())}",
+    )
+    finetune.add_argument("task", metavar="TASK", choices=task_names(), help=f"the model family: {', '.join(task_names())}")
+    finetune.add_argument("--from", dest="parent", required=True, metavar="MODEL_URI",
+                          help="models:/NAME@ALIAS, models:/NAME/VERSION or a checkpoint folder")
+    _add_training_inputs(finetune, resume_help="run name; the same name resumes (default: TASK-finetune-<time>)")
+    _add_config(finetune, default=None, default_help="TASK-finetune")
+    _add_workdir(finetune)
+    _add_address(finetune)
 
     evaluate = commands.add_parser(
         "evaluate",
@@ -169,8 +186,12 @@ def _build_parser() -> argparse.ArgumentParser:
         ),
     )
     evaluate.add_argument("model_uri", metavar="MODEL_URI", help="models:/NAME@ALIAS or models:/NAME/VERSION")
-    evaluate.add_argument("--data", required=True, help="a finished shard set (with manifest.json)")
+    evaluate.add_argument("--data", required=True, metavar="SHARDS",
+                          help="a labelled shard set: folder, s3:// or gs://, tvp's or another tool's")
+    evaluate.add_argument("--actors", type=int, default=None,
+                          help="Ray Data actors that each hold the model (default: half the cluster's CPUs)")
     _add_workdir(evaluate)
+    _add_address(evaluate)
 
     promote = commands.add_parser(
         "promote",
@@ -189,8 +210,20 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_config(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default="tiny", help="preset name in pipelines/configs or a YAML file (default: tiny)")
+def _add_training_inputs(parser: argparse.ArgumentParser, resume_help: str) -> None:
+    parser.add_argument("--data", action="append", required=True, metavar="SHARDS",
+                        help="a shard set to train on: folder, s3:// or gs:// (repeatable; with --weight, mixed)")
+    parser.add_argument("--weight", action="append", type=float, metavar="W",
+                        help="sampling weight of each --data, in order (needs train.samples_per_epoch)")
+    parser.add_argument("--eval", metavar="SHARDS", help="a labelled shard set the workers evaluate on")
+    parser.add_argument("--name", help=resume_help)
+    parser.add_argument("--promote-if", metavar="METRIC",
+                        help="after evaluation, move champion to the new version if METRIC beats the champion's")
+
+
+def _add_config(parser: argparse.ArgumentParser, default: str | None = "tiny", default_help: str = "tiny") -> None:
+    parser.add_argument("--config", default=default,
+                        help=f"preset name in pipelines/configs or a YAML file (default: {default_help})")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set train.epochs=3 (repeatable)")
 
@@ -211,39 +244,64 @@ def _tracking_uri(workdir: str) -> str:
     return uri
 
 
-def _train(args: argparse.Namespace) -> None:
-    import time
-
+def _training_sources(args: argparse.Namespace) -> list:
     from components.data.loading.shard_plan import ShardSource
-    from pipelines.config import load_config
-    from pipelines.train import ClipTrainConfig, prepare_services, train_and_register
 
-    from components.data.shards.shard_reader import read_manifest
-
-    cfg = load_config(ClipTrainConfig, args.config, args.overrides, ignore_sections=("data",))
-    for folder in [*args.data, *([args.eval] if args.eval else [])]:
-        read_manifest(folder)  # every input is a finished shard set, before anything starts
-    if args.promote_if and not args.eval:
-        raise _usage_error(f"--promote-if {args.promote_if} needs evaluation data (--eval)")
     weights = args.weight or [1.0] * len(args.data)
     if len(weights) != len(args.data):
-        raise _usage_error(f"{len(args.weight)} --weight values for {len(args.data)} --data folders")
+        raise _usage_error(f"{len(args.weight)} --weight values for {len(args.data)} --data sets")
+    if args.promote_if and not args.eval:
+        raise _usage_error(f"--promote-if {args.promote_if} needs evaluation data (--eval)")
+    return [ShardSource(d, w) for d, w in zip(args.data, weights)]
+
+
+def _train(args: argparse.Namespace, parent_uri: str | None = None) -> None:
+    import tempfile
+    import time
+
+    from pipelines.run_config import default_preset, load_run_config
+
+    purpose = "finetune" if parent_uri else "tiny"
+    preset = args.config or default_preset(args.task, purpose)
+    load_run_config(args.task, preset, args.overrides)  # a wrong key fails here, before Ray and MLflow start
+    sources = _training_sources(args)
+
+    from components.data.shards.shard_set import ShardSet, work_index_dir
+    from pipelines.run_steps import prepare_services
+    from pipelines.training_run import run_training
+
     workdir = Path(args.workdir).resolve()
+    for location in [*args.data, *([args.eval] if args.eval else [])]:
+        ShardSet.open(location, work_index_dir(workdir))  # every input is a usable shard set, before anything starts
     tracking_uri = prepare_services(workdir, args.address)
-    result = train_and_register(
-        cfg, [ShardSource(d, w) for d, w in zip(args.data, weights)], Path(args.eval) if args.eval else None,
-        workdir, args.name or f"clip-{time.strftime('%Y%m%d-%H%M%S')}", tracking_uri, args.promote_if,
-    )
-    print(f"run {result['run_name']} ({result['run_id']}): registered {result['registered_model']} "
-          f"version {result['model_version']}")
-    for name, value in sorted(result["metrics"].items()):
+    with tempfile.TemporaryDirectory() as tmp:
+        parent = None
+        if parent_uri:
+            from pipelines.finetune import resolve_parent
+
+            parent = resolve_parent(parent_uri, args.task, tracking_uri, Path(tmp))
+        cfg = load_run_config(args.task, preset, args.overrides, base_task=parent.task_config if parent else None)
+        default_name = f"{args.task}-{purpose + '-' if parent_uri else ''}{time.strftime('%Y%m%d-%H%M%S')}"
+        result = run_training(args.task, cfg, sources, args.eval, workdir, args.name or default_name, tracking_uri,
+                              args.promote_if, parent)
+    print(f"run {result.run_name} ({result.run_id}): registered {result.registered_model} "
+          f"version {result.model_version}")
+    for name, value in sorted(result.metrics.items()):
         print(f"  {name}: {value:.4f}")
+
+
+def _finetune(args: argparse.Namespace) -> None:
+    _train(args, parent_uri=args.parent)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
     from pipelines.evaluate import evaluate_registered
 
-    metrics = evaluate_registered(args.model_uri, args.data, _tracking_uri(args.workdir))
+    from cluster.ray_cluster import connect
+
+    tracking_uri = _tracking_uri(args.workdir)
+    connect(args.address, dashboard=False)
+    metrics = evaluate_registered(args.model_uri, args.data, tracking_uri, args.workdir, args.actors)
     for name, value in sorted(metrics.items()):
         print(f"{name}: {value:.4f}")
 
@@ -349,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
 
         use_loopback_only()  # our own local Ray instance stays on 127.0.0.1
     try:
-        commands = {"demo": _demo, "ingest": _ingest, "inspect": _inspect, "train": _train, "evaluate": _evaluate,
+        commands = {"demo": _demo, "ingest": _ingest, "inspect": _inspect, "train": _train, "finetune": _finetune, "evaluate": _evaluate,
                     "promote": _promote}
         commands[args.command](args)
     except Exception as exc:

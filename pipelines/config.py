@@ -12,11 +12,13 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from components.errors import TvpError
+
 PRESETS_DIR = Path(__file__).parent / "configs"
 Model = TypeVar("Model", bound=BaseModel)
 
 
-class ConfigError(ValueError):
+class ConfigError(TvpError, ValueError):
     pass
 
 
@@ -75,14 +77,24 @@ def _describe(error: dict[str, Any]) -> str:
     return f"config key {key!r}: {message} (got {error.get('input')!r})"
 
 
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``top`` laid over ``base``, section by section."""
+    merged = dict(base)
+    for key, value in top.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
 def load_config(
     model: type[Model],
     preset: str | Path | None = None,
     overrides: list[str] | None = None,
     ignore_sections: tuple[str, ...] = (),
+    base: dict[str, Any] | None = None,
 ) -> Model:
-    """``ignore_sections`` are preset sections this pipeline does not use (the demo's ``data``, say)."""
-    data = _read_yaml(preset_path(preset)) if preset else {}
+    """``ignore_sections`` are preset sections this pipeline does not use (the demo's ``data``, say);
+    ``base`` is what the preset is laid over (a parent checkpoint's settings, say)."""
+    data = _merge(base or {}, _read_yaml(preset_path(preset)) if preset else {})
     for section in ignore_sections:
         data.pop(section, None)
     for item in overrides or []:

@@ -16,7 +16,11 @@ from components.data.ingest.image_text_shard import IngestConfig
 from components.data.ingest.url_table import TableSpec
 from components.data.loading.shard_plan import ShardSource
 from pipelines.ingest_image_text import ingest_image_text
-from pipelines.train import ClipTrainConfig, Strict, prepare_services, train_and_register
+from pipelines.run_config import RunConfig, Strict
+from pipelines.run_steps import prepare_services
+from pipelines.training_run import run_training
+
+TASK = "clip"
 
 
 class DemoDataConfig(Strict):
@@ -27,16 +31,17 @@ class DemoDataConfig(Strict):
     image: ImageConfig = Field(default_factory=ImageConfig)
 
 
-class DemoConfig(ClipTrainConfig):
+class DemoConfig(RunConfig):
     data: DemoDataConfig = Field(default_factory=DemoDataConfig)
-    # The demo evaluates with prompts that share no template with its training captions.
-    zero_shot_templates: list[str] = Field(default_factory=lambda: list(PROMPT_TEMPLATES))
 
     @model_validator(mode="after")
     def _sizes_agree(self) -> "DemoConfig":
-        if self.model.vision.image_size != self.data.image.image_size:
+        # The demo evaluates with prompts that share no template with its training captions.
+        self.task.setdefault("zero_shot_templates", list(PROMPT_TEMPLATES))
+        image_size = self.task_config(TASK).model.vision.image_size
+        if image_size != self.data.image.image_size:
             raise ValueError(
-                f"model.vision.image_size ({self.model.vision.image_size}) must equal "
+                f"task.model.vision.image_size ({image_size}) must equal "
                 f"data.image.image_size ({self.data.image.image_size})"
             )
         return self
@@ -72,8 +77,8 @@ def run_demo(
 
     echo("[3/3] training, zero-shot evaluation with unseen prompt templates, registration")
     run_name = f"clip-demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    result = train_and_register(cfg, [ShardSource(str(shards["train"]))], shards["heldout"], work, run_name,
-                                tracking_uri, echo=echo)
+    result = run_training(TASK, cfg, [ShardSource(str(shards["train"]))], str(shards["heldout"]), work, run_name,
+                          tracking_uri, echo=echo).as_dict()
     chance = 1.0 / len(CLASS_NAMES)
     summary = {
         "workdir": str(work),
@@ -81,7 +86,7 @@ def run_demo(
         "heldout_shards_dir": str(shards["heldout"]),
         "num_train_samples": train_manifest["num_samples"],
         "num_heldout_samples": heldout_manifest["num_samples"],
-        **{k: v for k, v in result.items() if k not in ("metrics", "promotion")},
+        **{k: v for k, v in result.items() if k not in ("metrics", "promotion", "parent")},
         "zero_shot_top1": result["metrics"]["zero_shot_top1"],
         "chance_top1": chance,
         "duration_s": round(time.monotonic() - started, 1),

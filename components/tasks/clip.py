@@ -1,25 +1,29 @@
-"""CLIP as a training task: images and captions in, symmetric contrastive loss out."""
+"""CLIP as a task: images and captions in, symmetric contrastive loss out; zero-shot evaluation."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Iterable
+from itertools import islice
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import nn
 
 from components.data.loading.image_batches import images_to_array
-from components.data.loading.tokenizer import encode_captions
-from components.evaluation.zero_shot import top1_accuracy, zero_shot_classifier, zero_shot_predict
+from components.data.loading.tokenizer import encode_captions, train_caption_tokenizer
+from components.evaluation.zero_shot import zero_shot_classifier
 from components.losses.contrastive import clip_loss
 from components.models.clip import CLIP, CLIPConfig
-from components.tasks.task import Task
+from components.tasks.task import EvalFacts, Task
+from components.training.checkpoint import CheckpointError
 
 TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CAPTIONS = 200_000  # captions read from the training shards to train the tokenizer
 
 
 @dataclass
@@ -37,31 +41,60 @@ def _tokenizer(tokenizer_json: str) -> Tokenizer:
     return Tokenizer.from_str(tokenizer_json)
 
 
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 class ClipTask(Task):
     """Batches hold ``image`` (B, 3, S, S) float32 and ``tokens`` (B, L) int64.
 
-    Needs the file ``tokenizer.json`` (a HF tokenizers JSON) among its files.
+    Needs ``tokenizer.json`` (a HF tokenizers JSON, trained on the training captions) among its files.
+    Evaluation samples carry ``label`` in their ``.json``; class names come from the set's manifest.
     """
 
     name = "clip"
     config_type = ClipTaskConfig
-    columns = ["jpg", "txt"]
+    columns = ("jpg", "txt")
+    eval_columns = ("jpg", "json")
+    asset_columns = ("txt",)
+    fsdp_forward_methods = ("encode_image", "encode_text")
+    inference_inputs = {"text": "string", "image": "binary"}
+    inference_example = {"text": ["a photo of a cat."]}
+
+    # -- assets -----------------------------------------------------------------------------------------------
+    def prepare_assets(self, samples: Iterable[dict[str, bytes]]) -> dict[str, str]:
+        captions = (_text(s["txt"]) for s in samples if "txt" in s)
+        tokenizer = train_caption_tokenizer(islice(captions, TOKENIZER_CAPTIONS), self.config.model.text.vocab_size)
+        return {TOKENIZER_FILE: tokenizer.to_str()}
 
     @property
     def tokenizer(self) -> Tokenizer:
+        if TOKENIZER_FILE not in self.files:
+            raise CheckpointError("this CLIP task has no tokenizer.json: prepare its assets from training data first")
         return _tokenizer(self.files[TOKENIZER_FILE])
 
     def tokenize(self, texts: list[str]) -> np.ndarray:
         return encode_captions(self.tokenizer, texts, self.config.model.text.context_length)
 
+    # -- model ------------------------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
         return CLIP(self.config.model)
 
-    def transform_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        captions = [t.decode() if isinstance(t, bytes) else str(t) for t in batch["txt"]]
+    def adapt_weights(self, weights: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+        """Position tables are resized (a new image size or context length); the rest must match."""
+        target = model.state_dict()
+        weights = dict(weights)
+        for key in ("visual.pos_embed", "text.pos_embed"):
+            if key in weights and key in target and weights[key].shape != target[key].shape:
+                weights[key] = _resize_positions(weights[key], target[key].shape, has_class_token=key == "visual.pos_embed")
+        return super().adapt_weights(weights, model)
+
+    # -- training ---------------------------------------------------------------------------------------------
+    def transform_batch(self, batch: dict[str, np.ndarray],
+                        rngs: Sequence[np.random.Generator] | None = None) -> dict[str, np.ndarray]:
         return {
             "image": images_to_array(list(batch["jpg"]), self.config.model.vision.image_size),
-            "tokens": self.tokenize(captions),
+            "tokens": self.tokenize([_text(t) for t in batch["txt"]]),
         }
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -72,31 +105,53 @@ class ClipTask(Task):
     def count_tokens(self, batch: dict[str, torch.Tensor]) -> int:
         return int((batch["tokens"] != self.config.model.text.pad_id).sum())
 
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module, samples: Iterable[dict[str, Any]]) -> dict[str, float]:
-        """Zero-shot top-1 on labelled samples: ``json`` holds ``label`` and ``label_name``."""
-        images, labels, names = [], [], {}
-        for sample in samples:
-            meta = json.loads(sample["json"])
-            images.append(sample["jpg"])
-            labels.append(int(meta["label"]))
-            names[int(meta["label"])] = meta["label_name"]
-        class_ids = sorted(names)
-        classifier = zero_shot_classifier(
-            model.encode_text, self.tokenize, [names[i] for i in class_ids], self.config.zero_shot_templates
-        )
-        predictions = []
-        size = self.config.eval_batch_size
-        for start in range(0, len(images), size):
-            pixels = torch.from_numpy(images_to_array(images[start : start + size], self.config.model.vision.image_size))
-            predictions.append(zero_shot_predict(model.encode_image(pixels), classifier))
-        predicted = torch.tensor(class_ids)[torch.cat(predictions)] if predictions else torch.empty(0)
+    # -- evaluation: zero-shot top-1 --------------------------------------------------------------------------
+    def eval_transform(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {
-            "zero_shot_top1": top1_accuracy(predicted, torch.tensor(labels)),
-            "num_classes": float(len(class_ids)),
+            "image": images_to_array(list(batch["jpg"]), self.config.model.vision.image_size),
+            "label": np.array([int(json.loads(m)["label"]) for m in batch["json"]], dtype=np.int64),
+        }
+
+    @torch.no_grad()
+    def eval_begin(self, model: nn.Module, facts: EvalFacts) -> dict[str, torch.Tensor]:
+        if not facts.classes:
+            raise CheckpointError("zero-shot evaluation needs class names: the evaluation set's manifest has none")
+        ids = sorted(facts.classes)
+        classifier = zero_shot_classifier(_unwrap(model).encode_text, self.tokenize, [facts.classes[i] for i in ids],
+                                          self.config.zero_shot_templates)
+        return {"classifier": classifier, "class_ids": torch.tensor(ids)}
+
+    @torch.no_grad()
+    def eval_step(self, model: nn.Module, batch: dict[str, torch.Tensor], context: dict[str, torch.Tensor]
+                  ) -> dict[str, torch.Tensor]:
+        scores = _unwrap(model).encode_image(batch["image"]) @ context["classifier"].T
+        return {"predicted": context["class_ids"][scores.argmax(dim=-1)], "label": batch["label"]}
+
+    def eval_reduce(self, outputs: dict[str, np.ndarray], facts: EvalFacts) -> dict[str, float]:
+        labels, predicted = outputs["label"], outputs["predicted"]
+        return {
+            "zero_shot_top1": float((predicted == labels).mean()) if len(labels) else 0.0,
+            "num_classes": float(len(facts.classes)),
             "num_eval_samples": float(len(labels)),
         }
 
+    @torch.no_grad()
+    def visualize(self, model: nn.Module, samples: list[dict[str, bytes]], facts: EvalFacts) -> Any:
+        """Held-out pictures captioned with their top zero-shot prediction and the true class."""
+        from components.data.shards.contact_sheet import contact_sheet
+
+        if not samples:
+            return None
+        batch = self.eval_transform({c: np.array([s[c] for s in samples], dtype=object) for c in self.eval_columns})
+        context = self.eval_begin(model, facts)
+        out = self.eval_step(model, {k: torch.from_numpy(v) for k, v in batch.items()}, context)
+        captions = [
+            f"{'ok' if p == t else 'WRONG'}: {facts.classes.get(p, p)} (true: {facts.classes.get(t, t)})"
+            for p, t in zip(out["predicted"].tolist(), out["label"].tolist())
+        ]
+        return contact_sheet(zip([s["jpg"] for s in samples], captions), columns=8)
+
+    # -- inference --------------------------------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, model: nn.Module, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Unit-length embeddings: ``text`` (a caption) → ``text_embedding``, ``image`` (encoded bytes) → ``image_embedding``."""
@@ -115,3 +170,24 @@ class ClipTask(Task):
     def _embed_images(self, model: nn.Module, images: list[bytes]) -> torch.Tensor:
         pixels = images_to_array([bytes(b) for b in images], self.config.model.vision.image_size)
         return model.encode_image(torch.from_numpy(pixels))
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The CLIP module inside a DDP wrapper (its encode_* methods are not on the wrapper)."""
+    return getattr(model, "module", model)
+
+
+def _resize_positions(table: torch.Tensor, shape: torch.Size, has_class_token: bool) -> torch.Tensor:
+    """A (1, N, D) position table fitted to ``shape``: a square grid interpolated, a sequence cut or extended."""
+    start = 1 if has_class_token else 0
+    head, grid = table[:, :start], table[:, start:]
+    wanted = shape[1] - start
+    old_side, new_side = round(grid.shape[1] ** 0.5), round(wanted ** 0.5)
+    if has_class_token and old_side**2 == grid.shape[1] and new_side**2 == wanted:
+        square = grid.reshape(1, old_side, old_side, -1).permute(0, 3, 1, 2)
+        square = F.interpolate(square, size=(new_side, new_side), mode="bicubic", align_corners=False)
+        return torch.cat([head, square.permute(0, 2, 3, 1).reshape(1, wanted, -1)], dim=1)
+    if wanted <= grid.shape[1]:
+        return torch.cat([head, grid[:, :wanted]], dim=1)
+    extra = grid[:, -1:].expand(1, wanted - grid.shape[1], grid.shape[2])
+    return torch.cat([head, grid, extra], dim=1)

@@ -1,27 +1,55 @@
-"""Tasks by name, and rebuilding a task and its model from a checkpoint."""
+"""Tasks by name, imported only when named; rebuilding a task and its model from a checkpoint.
+
+Adding a model family is one line here. A task's module (its model, its
+tokenizer, its evaluation) is imported the first time its name is asked for,
+so naming one task never pays for the others.
+"""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
-from components.training.checkpoint import load_weights, read_checkpoint_config
-from components.tasks.clip import ClipTask
-from components.tasks.task import Task
+    from components.tasks.task import Task
 
-TASKS: dict[str, type[Task]] = {ClipTask.name: ClipTask}
+# name → "module:Class"
+TASKS: dict[str, str] = {
+    "clip": "components.tasks.clip:ClipTask",
+}
 
 
-def build_task(name: str, config: dict[str, Any], files: dict[str, str] | None = None) -> Task:
+class UnknownTask(ValueError):
+    pass
+
+
+def task_names() -> list[str]:
+    return sorted(TASKS)
+
+
+def register_task(name: str, target: str) -> None:
+    """Make ``module:Class`` available as ``name`` (tests register toy tasks this way)."""
+    TASKS[name] = target
+
+
+def task_class(name: str) -> type["Task"]:
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; known: {', '.join(sorted(TASKS))}")
-    return TASKS[name].from_dict(config, files)
+        raise UnknownTask(f"unknown task {name!r}; known: {', '.join(task_names())}")
+    module, _, cls = TASKS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)
 
 
-def load_task_and_model(path: str | Path) -> tuple[Task, nn.Module]:
+def build_task(name: str, config: dict[str, Any], files: dict[str, str] | None = None) -> "Task":
+    return task_class(name).from_dict(config, files)
+
+
+def load_task_and_model(path: str | Path) -> tuple["Task", "nn.Module"]:
     """The task and its model with the checkpoint's weights, in eval mode."""
+    from components.training.checkpoint import load_weights, read_checkpoint_config
+
     config = read_checkpoint_config(path)
     files = {name: (Path(path) / name).read_text() for name in config["files"]}
     task = build_task(config["task"], config["task_config"], files)

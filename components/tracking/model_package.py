@@ -22,27 +22,32 @@ MLMODEL_FILE = "MLmodel"
 # What a loading environment needs besides tvp itself (installed from the project).
 RUNTIME_PACKAGES = ("torch", "safetensors", "tokenizers", "numpy", "pillow", "pydantic", "pandas")
 
-# Tasks read the columns they know; others are ignored. Every column is optional.
-INPUT_SCHEMA = Schema([
-    ColSpec(DataType.string, "text", required=False),
-    ColSpec(DataType.binary, "image", required=False),
-])
+# CLIP's signature, the one versions registered before tasks declared their own carry.
+CLIP_INPUTS = {"text": "string", "image": "binary"}
+CLIP_EXAMPLE = {"text": ["a photo of a cat."]}
 
-INPUT_EXAMPLE = pd.DataFrame({"text": ["a photo of a cat."]})
+
+def input_schema(inputs: dict[str, str]) -> Schema:
+    """A task's ``inference_inputs`` (column → MLflow type name) as an all-optional input schema."""
+    return Schema([ColSpec(DataType[kind], column, required=False) for column, kind in inputs.items()])
 
 
 def _requirements() -> list[str]:
     return [f"{name}=={metadata.version(name)}" for name in RUNTIME_PACKAGES]
 
 
-def save_model_package(checkpoint_dir: str | Path, dst: str | Path) -> Path:
-    """Write an MLflow pyfunc model at ``dst`` (which must not exist) holding ``checkpoint_dir``."""
+def save_model_package(checkpoint_dir: str | Path, dst: str | Path, inputs: dict[str, str] | None = None,
+                       example: dict[str, list] | None = None) -> Path:
+    """Write an MLflow pyfunc model at ``dst`` (which must not exist) holding ``checkpoint_dir``.
+
+    ``inputs`` and ``example`` are the task's signature (``Task.inference_inputs``, ``inference_example``).
+    """
     mlflow.pyfunc.save_model(
         path=str(dst),
         python_model=pyfunc_model.__file__,
         artifacts={pyfunc_model.CHECKPOINT_ARTIFACT: str(checkpoint_dir)},
-        signature=ModelSignature(inputs=INPUT_SCHEMA),
-        input_example=INPUT_EXAMPLE,
+        signature=ModelSignature(inputs=input_schema(inputs or CLIP_INPUTS)),
+        input_example=pd.DataFrame(example or CLIP_EXAMPLE),
         pip_requirements=_requirements(),
     )
     return Path(dst)

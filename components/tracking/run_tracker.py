@@ -12,6 +12,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from components.errors import TvpError
 from components.tracking.redaction import redact
 
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a parameter value
@@ -35,7 +36,7 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-class RunConflict(ValueError):
+class RunConflict(TvpError, ValueError):
     """A named run exists with another configuration: continuing it would mix two experiments."""
 
 
@@ -134,8 +135,12 @@ class RunTracker:
         self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
         return f"{self.client.get_run(self.run_id).info.artifact_uri}/{artifact_path}"
 
-    def log_text(self, text: str, artifact_file: str) -> None:
-        self.client.log_text(self.run_id, text, artifact_file)
+    def log_image(self, image: Any, artifact_file: str) -> None:
+        """A picture (PIL image) as an artifact of the run; a dead server only costs the picture."""
+        try:
+            self.client.log_image(self.run_id, image, artifact_file=artifact_file)
+        except UNAVAILABLE as exc:
+            log.warning("could not log %s: %s", artifact_file, str(exc).splitlines()[0])
 
     def flush(self) -> dict[str, int]:
         """Try the backlog once more; return the tracking gap: metrics undelivered and delivered late."""

@@ -19,8 +19,14 @@ from components.models.transformer import Block
 Strategy = Literal["ddp", "fsdp"]
 
 
-def wrap_model(model: nn.Module, strategy: Strategy, device: torch.device) -> nn.Module:
-    """Move ``model`` to ``device`` and wrap it for data parallelism (unchanged in a single process)."""
+def wrap_model(model: nn.Module, strategy: Strategy, device: torch.device,
+               units: list[nn.Module] | None = None, forward_methods: tuple[str, ...] = ()) -> nn.Module:
+    """Move ``model`` to ``device`` and wrap it for data parallelism (unchanged in a single process).
+
+    Under FSDP, ``units`` (a task's ``fsdp_units``; by default every transformer block) are sharded one by
+    one, then the rest of the model; ``forward_methods`` (``encode_image``, say) gather the weights as
+    ``forward`` does when called on the wrapped model.
+    """
     model = model.to(device)
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return model
@@ -31,10 +37,13 @@ def wrap_model(model: nn.Module, strategy: Strategy, device: torch.device) -> nn
         from torch.distributed.fsdp import fully_shard
 
         mesh = init_device_mesh(device.type, (dist.get_world_size(),))
-        for module in model.modules():  # shard each transformer block, then the rest
-            if isinstance(module, Block):
-                fully_shard(module, mesh=mesh)
+        for module in units if units is not None else [m for m in model.modules() if isinstance(m, Block)]:
+            fully_shard(module, mesh=mesh)
         fully_shard(model, mesh=mesh)
+        from torch.distributed.fsdp import register_fsdp_forward_method
+
+        for name in forward_methods:
+            register_fsdp_forward_method(model, name)
         return model
     raise ValueError(f"unknown parallel strategy {strategy!r}")
 

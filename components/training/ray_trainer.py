@@ -13,8 +13,8 @@ from ray.train.torch import TorchTrainer
 
 from components.data.loading.shard_plan import EpochPlanner, ShardSource
 from components.data.shards.shard_reader import ShardSetError
-from components.training.stop_request import TrainingStopped, stop_on_sigterm
 from components.tasks.task import Task
+from components.training.stop_request import TrainingStopped, stop_on_sigterm
 from components.training.train_config import TrainConfig
 from components.training.worker_logs import LOG_FOLDER, download_worker_logs
 from components.training.worker_loop import train_loop_per_worker
@@ -40,19 +40,26 @@ def fit(
     storage_path: str | Path,
     run_name: str,
     tracking: dict[str, Any] | None = None,
-) -> ray.train.Checkpoint:
-    """Train ``task`` on shard sets with ``cfg.num_workers`` Ray Train workers; return the final checkpoint.
+    evaluation: dict[str, Any] | None = None,
+    init_weights: bytes | None = None,
+) -> ray.train.Result:
+    """Train ``task`` on shard sets with ``cfg.num_workers`` Ray Train workers; return the result (its
+    ``checkpoint`` is the final one, its ``metrics`` that checkpoint's report, evaluation included).
 
     Rerunning with the same ``storage_path`` (a folder every node sees, or ``s3://…``) and ``run_name`` resumes
     from that run's latest checkpoint. SIGTERM to this process checkpoints the current step and raises
     ``TrainingStopped``.
-    ``tracking`` (``tracking_uri`` and ``run_id``) lets rank 0 log into an existing MLflow run.
+    ``tracking`` (``tracking_uri`` and ``run_id``) lets rank 0 log into an existing MLflow run;
+    ``evaluation`` (``location`` and ``facts`` of a held-out shard set) is evaluated by the workers at every
+    epoch's end and every ``eval_every_steps``; ``init_weights`` (safetensors bytes) start a fine-tuning run.
     """
     _check_sources(sources, cfg)
+    extra: dict[str, Any] = {"tracking": tracking, "eval": evaluation}
+    if init_weights is not None:
+        extra["init_weights"] = ray.put(init_weights)  # once in the object store, not once per worker
     with stop_on_sigterm() as (stop_name, stop_actor):
         try:
-            result = _trainer(task, cfg, sources, storage_path, run_name,
-                              {**(tracking or {}), "stop_actor": stop_name}).fit()
+            result = _trainer(task, cfg, sources, storage_path, run_name, {**extra, "stop_actor": stop_name}).fit()
         finally:
             if tracking:
                 _archive_worker_logs(storage_path, run_name, tracking)
@@ -63,7 +70,7 @@ def fit(
                               "start it again with the same name to resume")
     if result.checkpoint is None:
         raise RuntimeError(f"training run {run_name} finished without a checkpoint")
-    return result.checkpoint
+    return result
 
 
 def _archive_worker_logs(storage_path: str | Path, run_name: str, tracking: dict[str, Any]) -> None:
@@ -90,7 +97,7 @@ def _trainer(task: Task, cfg: TrainConfig, sources: Sequence[ShardSource], stora
         "task_config": task.config_dict(),
         "files": task.files,
         "train": asdict(cfg),
-        "sources": [[str(Path(s.path).resolve()), s.weight] for s in sources],
+        "sources": [[storage_uri(s.path), s.weight, s.index_dir] for s in sources],
         **extra,
     }
     return TorchTrainer(

@@ -21,12 +21,19 @@ class TrainConfig:
     grad_clip_norm: float | None = None  # clip the global gradient norm to this; None: no clipping
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype; fp16 adds a gradient scaler
     parallelism: Literal["ddp", "fsdp"] = "ddp"  # fsdp shards parameters, gradients and optimizer state
-    shuffle_buffer: int = 1000  # samples in each worker's seeded shuffle buffer; 0 reads in shard order
+    # Each worker reads its shards in windows of consecutive shards holding at least this many samples, each
+    # window in a seeded random order (so a resume skips finished windows unread); 0 reads in shard order.
+    shuffle_buffer: int = 1000
+    loader_workers: int = 1  # decoding processes beside each training worker (a torch DataLoader); 0: in-process
+    eval_every_steps: int | None = None  # also evaluate (and checkpoint) every this many steps; epochs end with one
+    eval_batch_size: int = 128  # samples per evaluation batch on each worker
     samples_per_epoch: int | None = None  # resampled epochs of this many samples; None: every shard once
     checkpoint_every_steps: int | None = None  # also checkpoint mid-epoch every this many steps
     checkpoint_every_minutes: float | None = None  # ... or when this much time has passed since the last one
     keep_checkpoints: int | None = 1  # best checkpoints kept besides the latest (always kept); None keeps all
-    checkpoint_metric: str = "train_loss"  # what "best" means: a metric every checkpoint report carries
+    # What "best" means: train_loss, or an evaluation metric (checkpoints taken without an evaluation then
+    # count as the latest only).
+    checkpoint_metric: str = "train_loss"
     checkpoint_metric_mode: Literal["min", "max"] = "min"
     sample_log_dir: str | None = None  # if set, each rank appends "epoch step sample_ids..." per step here
     # Every this many steps, ask Ray whether a node of the run is being drained for preemption (a barrier

@@ -1,24 +1,36 @@
-"""A training worker's own batches: its planned shards, read in order through Ray Data.
+"""A training worker's own batches: its planned shards, read in a fixed order, shuffled by seed.
 
-Reading preserves shard and sample order, and the local shuffle buffer is
-seeded, so a rank's batch sequence for an epoch is a function of its shard
-list and seed alone; a resumed worker skips the batches it already trained on.
+The order of a rank's samples in an epoch is a function of its shard list
+and seed alone, and it is known before anything is read: consecutive shards
+form shuffle windows of at least ``shuffle_window`` samples (their sizes are
+in the shard set's ``sizes.json``), and each window is read whole and put in
+a seeded random order. So a resumed worker that has trained on ``skip``
+samples passes over every window it finished without opening its shards, and
+reads only the window it was in, dropping what it had seen.
+
+Decoding runs in ``loader_workers`` processes of a torch ``DataLoader``
+beside the training process (0: in the training process). Every loader
+process walks the same sample order but transforms only its own share of the
+micro-batches, and the DataLoader hands them back in order, so the batch
+sequence does not depend on the number of loader processes.
 """
 
 from __future__ import annotations
 
 import hashlib
 from itertools import islice
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
-import ray.data
 import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from components.data.loading.shard_plan import ShardRef
-
+from components.data.shards.tar_samples import KEY, iter_shard_samples
 
 SAMPLE_ID = "sample_id"
+Transform = Callable[[dict[str, np.ndarray], Sequence[np.random.Generator]], dict[str, np.ndarray]]
+OpenSamples = Callable[[str, Sequence[str]], Iterator[dict[str, bytes]]]
 
 
 def sample_id(key: str) -> int:
@@ -28,36 +40,113 @@ def sample_id(key: str) -> int:
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") >> 1
 
 
-def _with_sample_ids(batch: dict[str, np.ndarray], transform: Callable) -> dict[str, np.ndarray]:
-    keys = batch.pop("__key__")
-    out = transform(batch)
-    out[SAMPLE_ID] = np.array([sample_id(str(k)) for k in keys], dtype=np.int64)
-    return out
+def sample_rng(seed: int, epoch: int, sample: int) -> np.random.Generator:
+    """The generator of one sample's random choices in one epoch (masks, crops): replays are identical."""
+    return np.random.default_rng([seed, epoch, sample])
+
+
+def shuffle_windows(shards: Sequence[ShardRef], window: int) -> list[list[ShardRef]]:
+    """Consecutive shards grouped until each group holds at least ``window`` samples (0: one shard each)."""
+    groups: list[list[ShardRef]] = []
+    current: list[ShardRef] = []
+    for ref in shards:
+        current.append(ref)
+        if sum(r.num_samples for r in current) >= max(window, 1):
+            groups.append(current)
+            current = []
+    if current:
+        groups.append(current)
+    return groups
+
+
+def rank_samples(
+    shards: Sequence[ShardRef],
+    members: Sequence[str],
+    shuffle_window: int,
+    seed: int,
+    skip: int = 0,
+    open_samples: OpenSamples = iter_shard_samples,
+) -> Iterator[dict[str, bytes]]:
+    """A rank's raw samples in epoch order, the first ``skip`` left out; finished windows are never opened."""
+    for index, group in enumerate(shuffle_windows(shards, shuffle_window)):
+        size = sum(ref.num_samples for ref in group)
+        if skip >= size:
+            skip -= size
+            continue
+        if shuffle_window <= 0:
+            yield from islice((s for ref in group for s in open_samples(ref.url, members)), skip, None)
+        else:
+            samples = [s for ref in group for s in open_samples(ref.url, members)]
+            order = np.random.default_rng([seed, index]).permutation(len(samples))
+            yield from (samples[i] for i in order[skip:])
+        skip = 0
+
+
+def _columns(samples: list[dict[str, bytes]], members: Sequence[str]) -> dict[str, np.ndarray]:
+    missing = [m for m in members if any(m not in s for s in samples)]
+    if missing:
+        key = next(s[KEY] for s in samples if missing[0] not in s)
+        raise KeyError(f"sample {key!r} has no {missing[0]!r} member")
+    return {m: np.array([s[m] for s in samples], dtype=object) for m in members}
+
+
+class RankBatches(IterableDataset):
+    """Micro-batches (dicts of tensors, with ``sample_id``) of one rank's epoch; see the module docstring."""
+
+    def __init__(self, shards: Sequence[ShardRef], members: Sequence[str], transform: Transform, batch_size: int,
+                 shuffle_window: int, seed: int, epoch: int, skip_samples: int = 0, drop_last: bool = True,
+                 open_samples: OpenSamples = iter_shard_samples):
+        self.shards, self.members, self.transform = list(shards), list(members), transform
+        self.batch_size, self.shuffle_window, self.seed, self.epoch = batch_size, shuffle_window, seed, epoch
+        self.skip_samples, self.drop_last, self.open_samples = skip_samples, drop_last, open_samples
+
+    def _raw_batches(self) -> Iterator[list[dict[str, bytes]]]:
+        samples = rank_samples(self.shards, self.members, self.shuffle_window, self.seed, self.skip_samples,
+                               self.open_samples)
+        while batch := list(islice(samples, self.batch_size)):
+            if len(batch) < self.batch_size and self.drop_last:
+                return
+            yield batch
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = get_worker_info()
+        share, shares = (info.id, info.num_workers) if info else (0, 1)
+        for index, raw in enumerate(self._raw_batches()):
+            if index % shares != share:
+                continue
+            ids = np.array([sample_id(s[KEY]) for s in raw], dtype=np.int64)
+            rngs = [sample_rng(self.seed, self.epoch, int(i)) for i in ids]
+            out = self.transform(_columns(raw, self.members), rngs)
+            batch = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in out.items()}
+            batch[SAMPLE_ID] = torch.from_numpy(ids)
+            yield batch
+
+
+def _quiet_worker(worker_id: int) -> None:
+    torch.set_num_threads(1)  # decoding is numpy and Pillow; the training process keeps the cores' threads
 
 
 def rank_batches(
-    shards: list[ShardRef],
-    columns: list[str],
-    transform: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
+    shards: Sequence[ShardRef],
+    members: Sequence[str],
+    transform: Transform,
     micro_batch_size: int,
-    shuffle_buffer: int,
+    shuffle_window: int,
     seed: int,
+    epoch: int = 1,
     skip: int = 0,
+    loader_workers: int = 1,
+    drop_last: bool = True,
+    open_samples: OpenSamples = iter_shard_samples,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Micro-batches of ``transform``'s output plus ``sample_id`` (int64) from ``shards``.
 
-    The first ``skip`` micro-batches are dropped: a resumed worker has trained on them already.
+    The first ``skip`` micro-batches are left out without decoding them (a resumed worker trained on them).
     """
-    dataset = ray.data.read_webdataset(
-        [ref.url for ref in shards], decoder=None, suffixes=columns, override_num_blocks=len(shards)
-    ).select_columns(["__key__", *columns])
-    dataset.context.execution_options.preserve_order = True  # order must not depend on task timing
-    dataset = dataset.map_batches(_with_sample_ids, fn_kwargs={"transform": transform}, batch_format="numpy")
-    batches = dataset.iter_torch_batches(
-        batch_size=micro_batch_size,
-        drop_last=True,
-        local_shuffle_buffer_size=shuffle_buffer or None,
-        local_shuffle_seed=seed if shuffle_buffer else None,
-        device="cpu",
-    )
-    return islice(iter(batches), skip, None)
+    dataset = RankBatches(shards, members, transform, micro_batch_size, shuffle_window, seed, epoch,
+                          skip * micro_batch_size, drop_last, open_samples)
+    if loader_workers <= 0:
+        return iter(dataset)
+    loader = DataLoader(dataset, batch_size=None, num_workers=loader_workers, worker_init_fn=_quiet_worker,
+                        prefetch_factor=4, persistent_workers=False)
+    return iter(loader)

@@ -1,0 +1,50 @@
+"""The training loop in one process, without Ray: for checking learning, fine-tuning and resume cheaply.
+
+It runs exactly the loop the Ray Train workers run (``TrainingLoop``), with
+rank 0 of 1, data read in-process, and checkpoints in a folder. Running it
+again on the same folder resumes from the latest checkpoint there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from components.data.loading.rank_reader import OpenSamples
+from components.data.shards.tar_samples import iter_shard_samples
+from components.training.loop_context import LocalContext
+from components.training.training_loop import TrainingLoop
+
+
+@dataclass
+class HarnessRun:
+    loop: TrainingLoop
+    reports: list[dict[str, Any]] = field(default_factory=list)
+    stopped: bool = False
+    resumed: bool = False
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.loop.plain_model
+
+    @property
+    def final_metrics(self) -> dict[str, Any]:
+        return self.reports[-1] if self.reports else {}
+
+
+def train_in_process(spec: dict[str, Any], checkpoint_root: str | Path, stop_after_steps: int | None = None,
+                     open_samples: OpenSamples = iter_shard_samples) -> HarnessRun:
+    """Train ``spec`` (see ``training_loop.py``) in this process, checkpointing under ``checkpoint_root``.
+
+    ``stop_after_steps`` stops the run after that many steps of this call, checkpointing first, as a stopped
+    job does; calling again with the same root resumes.
+    """
+    spec = {**spec, "train": {**spec["train"], "num_workers": 1}}
+    context = LocalContext(checkpoint_root, stop_after_steps)
+    loop = TrainingLoop(spec, context, open_samples)
+    resumed = loop.restore()
+    stopped = loop.run()
+    return HarnessRun(loop, context.reports, stopped, resumed)

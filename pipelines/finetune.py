@@ -1,0 +1,45 @@
+"""``tvp finetune TASK --from MODEL_URI``: where a fine-tuning run starts from.
+
+``MODEL_URI`` is ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, or a
+checkpoint folder (a training checkpoint, or a downloaded registered model).
+The parent's task settings are the base of the run's ``task`` section (a
+preset or ``--set`` may change them; ``Task.adapt_weights`` fits the weights
+where shapes then differ), its assets (CLIP's tokenizer) are reused as they
+are, and its name, version and run are recorded as ``tvp.parent_*`` tags.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from components.tracking.model_package import checkpoint_in
+from components.tracking.registry import download_registered_checkpoint, resolve_model_version
+from components.training.checkpoint import WEIGHTS_FILE, CheckpointError, read_checkpoint_config
+from pipelines.training_run import Parent
+
+PARENT_MODEL_TAG, PARENT_VERSION_TAG, PARENT_RUN_TAG = "tvp.parent_model", "tvp.parent_version", "tvp.parent_run_id"
+
+
+def resolve_parent(model_uri: str, task_name: str, tracking_uri: str, download_dir: Path) -> Parent:
+    """The parent behind ``model_uri``; it must be a checkpoint of ``task_name``."""
+    tags: dict[str, str] = {}
+    if model_uri.startswith("models:/"):
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+        version = resolve_model_version(client, model_uri)
+        folder = download_registered_checkpoint(f"models:/{version.name}/{version.version}", download_dir,
+                                                tracking_uri)
+        tags = {PARENT_MODEL_TAG: version.name, PARENT_VERSION_TAG: str(version.version),
+                PARENT_RUN_TAG: version.run_id or ""}
+    else:
+        folder = checkpoint_in(Path(model_uri))
+        if not folder.is_dir():
+            raise CheckpointError(f"--from {model_uri}: no such checkpoint folder or models:/ URI")
+        tags = {PARENT_MODEL_TAG: str(folder.resolve())}
+    config = read_checkpoint_config(folder)
+    if config["task"] != task_name:
+        raise CheckpointError(f"--from {model_uri} is a {config['task']} checkpoint, not {task_name}")
+    files = {name: (folder / name).read_text() for name in config["files"]}
+    return Parent(uri=model_uri, task=config["task"], task_config=config["task_config"], files=files,
+                  weights=(folder / WEIGHTS_FILE).read_bytes(), tags=tags)
