@@ -124,7 +124,9 @@ def build_shard_set(
     """Write the missing shards of ``reader``'s input into ``out_dir`` (a folder or ``s3://…``); return the manifest.
 
     ``config`` is JSON of every setting that changes the samples (not the
-    ones that change only speed). ``on_planned(shards, pending, rows)`` is
+    ones that change only speed), including whether ``after_shards`` runs;
+    ``after_shards`` must be idempotent, since a resumed run repeats it.
+    ``on_planned(shards, pending, rows)`` is
     called once the input is cut, ``on_shard_done(stats, done, total)`` as
     each shard completes. A folder holding shards made from other inputs or
     another config is refused with ``ShardSetError``.
