@@ -39,6 +39,8 @@ class DemoConfig(RunConfig):
         # The demo evaluates with prompts that share no template with its training captions.
         self.task.setdefault("zero_shot_templates", list(PROMPT_TEMPLATES))
         image_size = self.task_config(TASK).model.vision.image_size
+        if "image" not in self.data.model_fields_set:  # the model's input size, not ingestion's default (256)
+            self.data.image = ImageConfig(image_size=image_size)
         if image_size != self.data.image.image_size:
             raise ValueError(
                 f"task.model.vision.image_size ({image_size}) must equal "
