@@ -67,10 +67,13 @@ def evaluate_checkpoint(checkpoint: Path, location: str, facts: dict[str, Any], 
     return task.eval_reduce(gathered, EvalFacts.from_manifest(facts))
 
 
-def evaluate_registered(model_uri: str, location: str, tracking_uri: str, workdir: str | Path,
+def evaluate_registered(model_uri: str, location: str, tracking_uri: str, workdir: str | Path | None = None,
                         actors: int | None = None) -> dict[str, float]:
-    """Evaluate the version behind ``model_uri`` with its task's own evaluation; record the metrics on it."""
-    index_dir = work_index_dir(Path(workdir).resolve())
+    """Evaluate the version behind ``model_uri`` with its task's own evaluation; record the metrics on it.
+
+    ``workdir`` keeps the index of a shard set made by another tool that cannot be written beside it.
+    """
+    index_dir = work_index_dir(Path(workdir).resolve()) if workdir else None
     facts = eval_facts(location, index_dir)  # fails clearly on a location that is not a shard set
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     version = resolve_model_version(client, model_uri)

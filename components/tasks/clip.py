@@ -63,8 +63,14 @@ class ClipTask(Task):
 
     # -- assets -----------------------------------------------------------------------------------------------
     def prepare_assets(self, samples: Iterable[dict[str, bytes]]) -> dict[str, str]:
+        vocab_size = self.config.model.text.vocab_size
         captions = (_text(s["txt"]) for s in samples if "txt" in s)
-        tokenizer = train_caption_tokenizer(islice(captions, TOKENIZER_CAPTIONS), self.config.model.text.vocab_size)
+        tokenizer = train_caption_tokenizer(islice(captions, TOKENIZER_CAPTIONS), vocab_size)
+        if tokenizer.get_vocab_size() > vocab_size:
+            raise CheckpointError(
+                f"task.model.text.vocab_size is {vocab_size}, but the caption tokenizer needs at least "
+                f"{tokenizer.get_vocab_size()} ids (256 bytes and the special tokens): raise it"
+            )
         return {TOKENIZER_FILE: tokenizer.to_str()}
 
     @property

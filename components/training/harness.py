@@ -48,3 +48,32 @@ def train_in_process(spec: dict[str, Any], checkpoint_root: str | Path, stop_aft
     resumed = loop.restore()
     stopped = loop.run()
     return HarnessRun(loop, context.reports, stopped, resumed)
+
+
+def _rank_main(rank: int, world: int, port: int, spec: dict[str, Any], checkpoint_root: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        context = LocalContext(checkpoint_root, rank=rank, world=world)
+        loop = TrainingLoop(spec, context)
+        loop.restore()
+        loop.run()
+    finally:
+        dist.destroy_process_group()
+
+
+def train_in_processes(spec: dict[str, Any], checkpoint_root: str | Path, world: int = 2) -> Path:
+    """``spec`` trained by ``world`` local gloo processes, as Ray Train's workers would, without Ray;
+    return the folder of the final checkpoint (rank 0 writes checkpoints under ``checkpoint_root``)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    spec = {**spec, "train": {**spec["train"], "num_workers": world}}
+    mp.start_processes(_rank_main, args=(world, port, spec, str(checkpoint_root)), nprocs=world, join=True,
+                       start_method="spawn")
+    return sorted(Path(checkpoint_root).glob("checkpoint_*"))[-1]

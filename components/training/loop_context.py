@@ -52,14 +52,16 @@ class LocalContext(LoopContext):
     stand-in for a stopped job, with the same checkpoint-then-stop path as SIGTERM under Ray.
     """
 
-    def __init__(self, root: str | Path, stop_after_steps: int | None = None):
+    def __init__(self, root: str | Path, stop_after_steps: int | None = None, rank: int = 0, world: int = 1):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.rank, self.world = rank, world
         self.reports: list[dict[str, Any]] = []
         self.stop_after_steps = stop_after_steps
         self.steps_seen = 0
 
     def _checkpoints(self) -> list[Path]:
+        """Committed checkpoints in order (with several processes, every rank reads rank 0's)."""
         return sorted(p for p in self.root.glob("checkpoint_*") if (p / ".committed").is_file())
 
     @contextmanager

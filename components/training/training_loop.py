@@ -217,7 +217,7 @@ class TrainingLoop:
             log.info("epoch %d/%d  step %d  loss %.4f  %.0f samples/s  data wait %.0f%%%s", epoch, cfg.epochs, step,
                      epoch_metrics["train_loss"], epoch_metrics["samples_per_s"],
                      100 * epoch_metrics["data_wait_fraction"],
-                     "".join(f"  {k} {v:.4f}" for k, v in evaluated.items()))
+                     "".join(f"  {k} {v:.4g}" for k, v in evaluated.items() if not k.startswith("num_")))
         self.save({**epoch_metrics, "trigger": "epoch"}, evaluated)
         return stopping
 

@@ -6,6 +6,7 @@ Exits 143 when stopped by SIGTERM after its checkpoint, as ``tvp train`` does.
 """
 
 import json
+import shutil
 import sys
 
 from pydantic import TypeAdapter
@@ -26,13 +27,16 @@ def main(spec_path: str) -> int:
     cfg = TypeAdapter(TrainConfig).validate_python(spec["train"])
     tracker = RunTracker.create(spec["tracking_uri"], spec["experiment"], spec["run_name"])
     try:
-        fit(task, cfg, [ShardSource(spec["shards"])], spec["storage"], spec["run_name"],
-            tracking={"tracking_uri": spec["tracking_uri"], "run_id": tracker.run_id})
+        result = fit(task, cfg, [ShardSource(spec["shards"])], spec["storage"], spec["run_name"],
+                     tracking={"tracking_uri": spec["tracking_uri"], "run_id": tracker.run_id})
     except TrainingStopped as exc:
         tracker.finish("KILLED")
         print("TRAINING STOPPED:", exc, flush=True)
         return 143
     tracker.finish()
+    if spec.get("final_weights"):  # for the test to compare with an uninterrupted run's
+        with result.checkpoint.as_directory() as path:
+            shutil.copyfile(f"{path}/model.safetensors", spec["final_weights"])
     print("TRAINING DONE", tracker.run_id, flush=True)
     return 0
 

@@ -12,12 +12,16 @@ Decoding runs in ``loader_workers`` processes of a torch ``DataLoader``
 beside the training process (0: in the training process). Every loader
 process walks the same sample order but transforms only its own share of the
 micro-batches, and the DataLoader hands them back in order, so the batch
-sequence does not depend on the number of loader processes.
+sequence does not depend on the number of loader processes. Loader processes
+are forked from a fork server, never from the training process: a Ray Train
+worker runs several threads, and a child forked while one of them held a lock
+(torch's lazy seeding, seen here) hangs forever.
 """
 
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 from itertools import islice
 from typing import Callable, Iterator, Sequence
 
@@ -126,6 +130,21 @@ def _quiet_worker(worker_id: int) -> None:
     torch.set_num_threads(1)  # decoding is numpy and Pillow; the training process keeps the cores' threads
 
 
+_FORKSERVER_STARTED = False
+
+
+def _loader_context(transform: Transform) -> multiprocessing.context.BaseContext:
+    """The fork server context, its server preloaded with this module and the transform's task module, so
+    that each epoch's loader processes start without importing torch again."""
+    global _FORKSERVER_STARTED
+    if not _FORKSERVER_STARTED:
+        owner = getattr(transform, "__self__", None)
+        modules = [__name__] + ([type(owner).__module__] if owner is not None else [])
+        multiprocessing.set_forkserver_preload(modules)
+        _FORKSERVER_STARTED = True
+    return multiprocessing.get_context("forkserver")
+
+
 def rank_batches(
     shards: Sequence[ShardRef],
     members: Sequence[str],
@@ -148,5 +167,5 @@ def rank_batches(
     if loader_workers <= 0:
         return iter(dataset)
     loader = DataLoader(dataset, batch_size=None, num_workers=loader_workers, worker_init_fn=_quiet_worker,
-                        prefetch_factor=4, persistent_workers=False)
+                        prefetch_factor=4, persistent_workers=False, multiprocessing_context=_loader_context(transform))
     return iter(loader)
