@@ -3,6 +3,8 @@ variable-size targets intact, and a resume that opens no finished shard."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -134,3 +136,17 @@ def test_loader_processes_do_not_change_the_batches(toy_sets):
     in_process = ids(0)
     assert in_process == ids(2) and len(in_process) == SHARDS * PER_SHARD // 16 - 3
     assert np.unique(np.concatenate(in_process)).size == len(in_process) * 16
+
+
+def test_checkpoints_at_evaluation_carry_the_metric_others_count_as_latest_only(toy_sets, tmp_path):
+    train_dir, eval_dir = toy_sets
+    run = train_in_process(spec(train_dir, eval_dir, epochs=1, eval_every_steps=4, checkpoint_every_steps=3,
+                                checkpoint_metric="mse", checkpoint_metric_mode="min"), tmp_path / "run")
+    by_trigger = {(r["trigger"], r["step"]): r for r in run.reports}
+    assert set(by_trigger) == {("steps", 3), ("evaluation", 4), ("steps", 6), ("evaluation", 8), ("steps", 9),
+                               ("epoch", 12)}
+    for (trigger, _), report in by_trigger.items():
+        if trigger in ("evaluation", "epoch"):
+            assert math.isfinite(report["mse"]) and report["eval_metrics"]
+        else:  # NaN ranks below every evaluated checkpoint in Ray Train's ordering, in either mode
+            assert math.isnan(report["mse"]) and report["eval_metrics"] == ""
