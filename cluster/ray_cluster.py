@@ -10,11 +10,21 @@ import sys
 
 import ray
 
+from cluster import worker_output
+
 # Ray Data needs CPU slots of its own beside the Train workers: with only as
 # many logical CPUs as cores, two 1-CPU workers on 2 cores starve the reads
 # and the job hangs. Oversubscribing logical CPUs leaves Data its share.
 LOCAL_CPU_FACTOR = 2
 MIN_LOCAL_CPUS = 4
+
+# How this driver treats logs, on a cluster it starts or one it attaches to:
+# - log_to_driver: the workers' output reaches this driver (not only Ray's session folder on each node),
+#   whatever RAY_LOG_TO_DRIVER says; cluster.worker_output decides where it goes.
+# - logging_level: the driver's "ray" logger from WARNING ("Started a local Ray instance" is not news).
+# Not logging_config=ray.LoggingConfig(...): it would configure the root logger of this driver and of every
+# worker of the job, over the CLI's own routing (pipelines.console) and Ray Train's worker logging.
+DRIVER_LOGGING = {"log_to_driver": True, "logging_level": logging.WARNING}
 
 
 def connect(address: str | None = None, num_cpus: int | None = None, dashboard: bool = True) -> str:
@@ -26,10 +36,26 @@ def connect(address: str | None = None, num_cpus: int | None = None, dashboard: 
     _quiet_data_logs()
     if not ray.is_initialized():
         if address:
-            ray.init(address=address, logging_level=logging.WARNING)
+            ray.init(address=address, **DRIVER_LOGGING)
         else:
             start_local(num_cpus, dashboard)
+        _send_worker_output_to_sink()
     return ray.get_runtime_context().gcs_address
+
+
+def _send_worker_output_to_sink() -> None:
+    """Hand the workers' output to ``cluster.worker_output`` instead of Ray's printer (once per ray.init).
+
+    Ray has no public hook for this: it registers its printer on a dispatcher under the name
+    "ray_print_logs". Where a Ray version lacks that dispatcher, Ray keeps printing the output itself.
+    """
+    try:
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    except ImportError:
+        return
+    dispatcher.remove_handler("ray_print_logs")
+    dispatcher.remove_handler("tvp_worker_output")
+    dispatcher.add_handler("tvp_worker_output", worker_output.forward)
 
 
 def start_local(num_cpus: int | None = None, dashboard: bool = True) -> None:
@@ -49,16 +75,19 @@ def start_local(num_cpus: int | None = None, dashboard: bool = True) -> None:
         num_cpus=cpus,
         include_dashboard=dashboard,
         dashboard_host="127.0.0.1",
-        logging_level=logging.WARNING,
+        **DRIVER_LOGGING,
     )
 
 
 def _quiet_data_logs() -> None:
-    """Ray Data's per-operator bars and status logs only on a terminal; pipelines print their own progress."""
+    """Ray Data's per-operator bars and status logs only on a terminal; pipelines print their own progress.
+
+    Ray Data draws on stderr, which the tvp CLI sends to its log file: no bars there.
+    """
     import ray.data
 
     context = ray.data.DataContext.get_current()
-    interactive = sys.stdout.isatty()
+    interactive = sys.stderr.isatty()
     context.enable_progress_bars = interactive
     context.print_on_execution_start = interactive
     if not interactive:

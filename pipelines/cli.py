@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 from pathlib import Path
+
+from components.errors import TvpError
+from pipelines.console import Console
 
 EXAMPLES = """\
 examples:
@@ -34,6 +36,9 @@ def _build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show library output (Ray, Ray Train's workers, MLflow) live on stderr as well as in the "
+                             "log file that each command names (also accepted after the command)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = commands.add_parser(
         "demo",
@@ -380,48 +385,61 @@ def _usage_error(message: str) -> Exception:
     return ConfigError(message)
 
 
-# Errors whose message says it all: one line on stderr, exit code 2. Named rather than imported, so
-# that an early error (a missing table) is not delayed by importing torch and MLflow to compare with.
-_KNOWN_ERRORS = {
-    "pipelines.config.ConfigError",
-    "components.data.ingest.url_table.TableError",
-    "components.data.shards.shard_reader.ShardSetError",
-    "components.tracking.tracking_store.TrackingUnavailable",
-    "components.training.checkpoint.CheckpointError",
-    "components.tracking.promotion.PromotionError",
-    "components.tracking.run_tracker.RunConflict",
-    "mlflow.exceptions.MlflowException",
-}
-_STOPPED = {"components.training.stop_request.TrainingStopped"}
+# Errors whose message says it all: one line on stderr, the error's exit code (2; 143 for a stop on request).
+# tvp's own come from one family (components.errors imports nothing). MLflow's (a model name or alias that does
+# not exist) are matched by name, so that an early error is not delayed by importing MLflow to compare with.
+_KNOWN_ERRORS = (TvpError,)
+_MLFLOW_ERRORS = {"mlflow.exceptions.MlflowException"}
+_VERBOSE_FLAGS = {"-v", "--verbose"}
 
 
 def _is_one_of(exc: BaseException, names: set[str]) -> bool:
     return any(f"{cls.__module__}.{cls.__qualname__}" in names for cls in type(exc).__mro__)
 
 
+def _one_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """The arguments; ``-v`` is accepted after the command too (``tvp demo -v``)."""
+    parser = _build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if any(arg not in _VERBOSE_FLAGS for arg in unknown):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.verbose = args.verbose or bool(unknown)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    args = _parse(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep logs and pipes readable
     if not getattr(args, "address", None) and not os.environ.get("RAY_ADDRESS"):
         from cluster.loopback import use_loopback_only
 
         use_loopback_only()  # our own local Ray instance stays on 127.0.0.1
+    console = Console(args.command, getattr(args, "workdir", None), args.verbose)
     try:
-        commands = {"demo": _demo, "ingest": _ingest, "inspect": _inspect, "train": _train, "finetune": _finetune, "evaluate": _evaluate,
-                    "promote": _promote}
-        commands[args.command](args)
-    except Exception as exc:
-        if _is_one_of(exc, _STOPPED):
-            print(f"tvp: {exc}", file=sys.stderr)
-            return 128 + signal.SIGTERM
-        if not _is_one_of(exc, _KNOWN_ERRORS):
-            raise
-        lines = str(exc).strip().splitlines() or [type(exc).__name__]
-        print(f"tvp: error: {lines[0]}", file=sys.stderr)
-        return 2
+        with console:
+            commands = {"demo": _demo, "ingest": _ingest, "inspect": _inspect, "train": _train, "finetune": _finetune, "evaluate": _evaluate,
+                        "promote": _promote}
+            commands[args.command](args)
+    except _KNOWN_ERRORS as exc:
+        label = "error: " if exc.exit_code == TvpError.exit_code else ""  # a stop on request is no error
+        print(f"tvp: {label}{_one_line(exc)}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("tvp: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if not _is_one_of(exc, _MLFLOW_ERRORS):
+            if console.log_path:
+                print(f"tvp: library output up to this error: {console.log_path}", file=sys.stderr)
+            raise
+        print(f"tvp: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    if console.log_path:
+        print(f"  library output:  {console.log_path}")
     return 0
 
 

@@ -54,7 +54,7 @@ def demo_run(ray_address, tmp_path_factory):
     result = run_tvp("demo", "--workdir", str(workdir), env={"RAY_ADDRESS": ray_address, "MLFLOW_TRACKING_URI": None})
     assert result.returncode == 0, f"tvp demo failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     summary = json.loads((workdir / "summary.json").read_text())
-    return {"workdir": workdir, "summary": summary, "stdout": result.stdout}
+    return {"workdir": workdir, "summary": summary, "stdout": result.stdout, "stderr": result.stderr}
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,8 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from components.errors import TvpError
+
 EVAL_PREFIX = "eval."
 EVAL_DATA_TAG = "eval.data_manifest_hash"
 PROMOTION_TAG = "promotion"
@@ -21,7 +23,7 @@ CHAMPION_ALIAS = "champion"
 Mode = Literal["max", "min"]
 
 
-class PromotionError(ValueError):
+class PromotionError(TvpError, ValueError):
     pass
 
 

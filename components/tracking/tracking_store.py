@@ -12,6 +12,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from components.errors import TvpError
+
 # Few, short retries: a dead server should fail a job in seconds, not minutes.
 FAST_FAILURE_ENV = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
@@ -20,7 +22,7 @@ FAST_FAILURE_ENV = {
 }
 
 
-class TrackingUnavailable(RuntimeError):
+class TrackingUnavailable(TvpError, RuntimeError):
     pass
 
 

@@ -16,12 +16,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from components.errors import TvpError
+
 CHECKPOINT_FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(TvpError, ValueError):
     pass
 
 

@@ -21,11 +21,15 @@ import ray
 import torch
 import torch.distributed as dist
 
+from components.errors import TvpError
+
 POLL_INTERVAL_S = 0.5
 
 
-class TrainingStopped(RuntimeError):
+class TrainingStopped(TvpError, RuntimeError):
     """The run stopped on request after checkpointing; starting it again with the same name resumes."""
+
+    exit_code = 128 + signal.SIGTERM  # as a process ended by SIGTERM, which is what asked for the stop
 
 
 @ray.remote(num_cpus=0)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pyarrow.fs
 
+from components.console_lines import attach_console_lines
 from components.data.shards.shard_store import ShardStore
 
 LOG_FOLDER = "worker_logs"
@@ -45,6 +46,7 @@ def attach_worker_log(filesystem: pyarrow.fs.FileSystem, run_fs_path: str, rank:
     logger = logging.getLogger("tvp")
     logger.setLevel(logging.INFO)
     logger.addHandler(handler)
+    attach_console_lines(rank)  # and marked for the console: the driver shows them, and files Ray's lines away
     return handler
 
 

@@ -3,13 +3,15 @@
 import importlib
 import json
 import socket
+import subprocess
+import sys
 import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from tests.conftest import run_tvp
+from tests.conftest import REPO, run_tvp
 
 
 def closed_loopback_port() -> int:
@@ -26,12 +28,31 @@ def assert_one_line_error(result, *fragments):
         assert fragment in lines[0]
 
 
-def test_the_errors_the_cli_reports_in_one_line_exist():
-    from pipelines.cli import _KNOWN_ERRORS, _STOPPED
+def test_the_errors_the_cli_reports_in_one_line_are_one_family():
+    from components.errors import TvpError
 
-    for name in _KNOWN_ERRORS | _STOPPED:  # named, not imported, by the CLI: a typo would print tracebacks
+    # Each keeps the built-in base its callers catch; the CLI catches the family.
+    for name, base in [
+        ("pipelines.config.ConfigError", ValueError),
+        ("components.data.ingest.url_table.TableError", ValueError),
+        ("components.data.shards.shard_reader.ShardSetError", ValueError),
+        ("components.tracking.tracking_store.TrackingUnavailable", RuntimeError),
+        ("components.training.checkpoint.CheckpointError", ValueError),
+        ("components.tracking.promotion.PromotionError", ValueError),
+        ("components.tracking.run_tracker.RunConflict", ValueError),
+        ("components.training.stop_request.TrainingStopped", RuntimeError),
+    ]:
         module, _, cls = name.rpartition(".")
-        assert issubclass(getattr(importlib.import_module(module), cls), Exception), name
+        error = getattr(importlib.import_module(module), cls)
+        assert issubclass(error, TvpError) and issubclass(error, base), name
+        assert error.exit_code == (143 if cls == "TrainingStopped" else 2), name
+
+
+def test_the_cli_starts_without_heavy_imports():
+    script = ("import sys, pipelines.cli; heavy = {'torch', 'ray', 'mlflow', 'pyarrow'} & set(sys.modules);"
+              " print(sorted(heavy))")
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
 
 
 def test_help_lists_commands_and_examples():
@@ -43,9 +64,10 @@ def test_help_lists_commands_and_examples():
 
 def test_unknown_config_key_fails_before_writing_anything(tmp_path):
     workdir = tmp_path / "w"
-    result = run_tvp("demo", "--workdir", str(workdir), "--set", "train.epoch=3")
+    result = run_tvp("demo", "--workdir", str(workdir), "--set", "train.epoch=3", "-v")  # -v after the command too
     assert_one_line_error(result, "unknown config key 'train.epoch'")
     assert not workdir.exists()
+    assert "unrecognized arguments: --verbosity" in run_tvp("demo", "--verbosity").stderr
 
 
 def test_unreachable_tracking_server_fails_within_seconds(tmp_path):

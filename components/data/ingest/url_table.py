@@ -27,6 +27,8 @@ import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from components.errors import TvpError
+
 TableFormat = Literal["auto", "parquet", "csv", "tsv", "jsonl"]
 
 _FORMATS = ("auto", "parquet", "csv", "tsv", "jsonl")
@@ -37,7 +39,7 @@ _CSV_BLOCK_BYTES = 1 << 20
 _MAX_MESSAGE = 300
 
 
-class TableError(ValueError):
+class TableError(TvpError, ValueError):
     """The input table is missing, unreadable, malformed or lacks a named column. One-line message."""
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from components.errors import TvpError
 
-class ShardSetError(ValueError):
+
+class ShardSetError(TvpError, ValueError):
     """A location that is not a usable shard set; the message names it and the problem in one line."""
 
 
