@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+from pathlib import Path
 
 import mlflow.pyfunc
 import numpy as np
@@ -75,3 +77,16 @@ def test_both_package_and_bare_checkpoint_versions_load(tmp_path):
         load_task_and_model(local)
     pyfunc = mlflow.pyfunc.load_model(f"{artifacts}/model")
     assert pyfunc.metadata.get_input_schema().input_names() == ["text", "image"]
+
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "clip_version_f4394fe"
+
+
+def test_a_version_packaged_by_earlier_tvp_still_loads_and_predicts(tmp_path):
+    """The package in tests/fixtures was written by tvp at commit f4394fe (before tasks had a package):
+    its loader imports the old module path, its config the old CLIP settings."""
+    expected = np.array(json.loads((FIXTURE / "expected_text_embedding.json").read_text()))
+    out = mlflow.pyfunc.load_model(str(FIXTURE)).predict(pd.DataFrame({"text": ["a photo of a one"]}))
+    np.testing.assert_allclose(out["text_embedding"][0], expected, atol=1e-6)
+    task, model = load_task_and_model(FIXTURE / "artifacts" / "checkpoint")
+    assert task.name == "clip" and task.files
