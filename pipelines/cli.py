@@ -331,9 +331,12 @@ def _print_summary(summary: dict) -> None:
 
 def _demo(args: argparse.Namespace) -> None:
     from pipelines.config import load_config
-    from pipelines.demo import DemoConfig, run_demo
+    from pipelines.demo_config import DemoConfig
 
-    cfg = load_config(DemoConfig, args.config, args.overrides)
+    cfg = load_config(DemoConfig, args.config, args.overrides)  # a wrong key fails here, before heavy imports
+
+    from pipelines.demo import run_demo
+
     _print_summary(run_demo(cfg, args.workdir, args.address))
 
 

@@ -66,6 +66,9 @@ def apply_override(data: dict[str, Any], item: str) -> None:
 
 
 def _describe(error: dict[str, Any]) -> str:
+    cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, ConfigError):  # raised by a validator that already names the key
+        return str(cause)
     key = ".".join(str(p) for p in error["loc"])
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] in ("extra_forbidden", "unexpected_keyword_argument"):

@@ -2,7 +2,7 @@ import pytest
 
 from components.training.train_config import TrainConfig
 from pipelines.config import ConfigError, apply_override, load_config
-from pipelines.demo import DemoConfig
+from pipelines.demo_config import DemoConfig
 from pipelines.run_config import default_preset, load_run_config
 
 
