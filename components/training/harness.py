@@ -50,9 +50,14 @@ def train_in_process(spec: dict[str, Any], checkpoint_root: str | Path, stop_aft
     return HarnessRun(loop, context.reports, stopped, resumed)
 
 
-def _rank_main(rank: int, world: int, port: int, spec: dict[str, Any], checkpoint_root: str) -> None:
+def _rank_main(rank: int, world: int, port: int, spec: dict[str, Any], checkpoint_root: str,
+               tasks: dict[str, str]) -> None:
     import torch.distributed as dist
 
+    from components.tasks.registry import register_task
+
+    for name, target in tasks.items():  # tasks registered at run time in the parent (tests' toy tasks)
+        register_task(name, target)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         context = LocalContext(checkpoint_root, rank=rank, world=world)
@@ -70,10 +75,12 @@ def train_in_processes(spec: dict[str, Any], checkpoint_root: str | Path, world:
 
     import torch.multiprocessing as mp
 
+    from components.tasks.registry import TASKS
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     spec = {**spec, "train": {**spec["train"], "num_workers": world}}
-    mp.start_processes(_rank_main, args=(world, port, spec, str(checkpoint_root)), nprocs=world, join=True,
+    mp.start_processes(_rank_main, args=(world, port, spec, str(checkpoint_root), dict(TASKS)), nprocs=world, join=True,
                        start_method="spawn")
     return sorted(Path(checkpoint_root).glob("checkpoint_*"))[-1]

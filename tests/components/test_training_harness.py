@@ -3,6 +3,7 @@ variable-size targets intact, and a resume that opens no finished shard."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -150,3 +151,24 @@ def test_checkpoints_at_evaluation_carry_the_metric_others_count_as_latest_only(
             assert math.isfinite(report["mse"]) and report["eval_metrics"]
         else:  # NaN ranks below every evaluated checkpoint in Ray Train's ordering, in either mode
             assert math.isnan(report["mse"]) and report["eval_metrics"] == ""
+
+
+def test_two_processes_with_fsdp_end_where_ddp_ends(toy_sets, tmp_path):
+    """The loop under a real gloo process group of two ranks, sharded (FSDP2) and replicated (DDP), evaluating
+    on both: the same final weights and the same evaluation."""
+    from safetensors.torch import load_file
+
+    from components.training.harness import train_in_processes
+
+    train_dir, eval_dir = toy_sets
+    finals = {}
+    for parallelism in ("ddp", "fsdp"):
+        final = train_in_processes(spec(train_dir, eval_dir, epochs=1, parallelism=parallelism), tmp_path / parallelism)
+        finals[parallelism] = (load_file(str(final / "model.safetensors")),
+                               json.loads((final / ".committed").read_text()))
+    (ddp, ddp_report), (fsdp, fsdp_report) = finals["ddp"], finals["fsdp"]
+    assert ddp.keys() == fsdp.keys()
+    for key in ddp:
+        assert torch.allclose(ddp[key], fsdp[key], atol=1e-5), key
+    assert ddp_report["num_eval_samples"] == fsdp_report["num_eval_samples"] == 48
+    assert fsdp_report["mse"] == pytest.approx(ddp_report["mse"], rel=1e-4)
