@@ -74,6 +74,7 @@ class LogFile:
     """A log that starts writing to ``path`` once ``anchor`` (the work directory) exists; thread-safe.
 
     Until then lines wait in memory; ``close`` moves them to ``fallback`` if the anchor never appeared.
+    Lines that come after ``close`` (from a handler that kept the stream) are appended to the same file.
     """
 
     def __init__(self, path: Path, anchor: Path, fallback: Path, header: str) -> None:
@@ -81,10 +82,16 @@ class LogFile:
         self.written_to: Path | None = None  # where the log is, once a line reached a file
         self._pending: list[str] = []
         self._file: TextIO | None = None
+        self._closed = False
         self._lock = threading.Lock()
 
     def write(self, text: str) -> None:
         with self._lock:
+            if self._closed:
+                if self.written_to is not None:
+                    with open(self.written_to, "a", encoding="utf-8", errors="replace") as late:
+                        late.write(text)
+                return
             if self._file is None and not self._pending:
                 self._pending.append(self.header)
             if self._file is None and self.anchor.is_dir():
@@ -103,6 +110,7 @@ class LogFile:
             if self._file is not None:
                 self._file.close()
                 self._file = None
+            self._closed = True
             return self.written_to
 
     def _open(self, path: Path) -> None:
@@ -232,10 +240,10 @@ class Console:
     def warn(self, message: str) -> None:
         """``tvp: warning: MESSAGE`` on the terminal, once per message."""
         message = " ".join(message.split())
-        if message in self._said:
-            return
-        self._said.add(message)
         with self._out_lock:
+            if message in self._said:
+                return
+            self._said.add(message)
             self.show_held_progress()
             self.terminal_err.write(f"tvp: warning: {message}\n")
             self.terminal_err.flush()
