@@ -1,5 +1,7 @@
 """A tracking server that goes away mid-run: metrics are buffered and delivered when it returns."""
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -25,20 +27,30 @@ def start_server(tmp_path, port) -> subprocess.Popen:
          "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
          "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: uvicorn and the job runner end with it (see kill)
     )
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120  # only against hanging: a loaded machine takes long to start it
     while time.monotonic() < deadline:
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
             return server
         except OSError:
             time.sleep(0.3)
-    server.kill()
+    kill(server)
     raise AssertionError("mlflow server did not start")
 
 
 def stop(server: subprocess.Popen) -> None:
     server.terminate()
+    server.wait(timeout=30)
+
+
+def kill(server: subprocess.Popen) -> None:
+    """The server dies at once, with every process it started (killing the parent alone orphans uvicorn)."""
+    try:
+        os.killpg(server.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
     server.wait(timeout=30)
 
 
