@@ -286,6 +286,8 @@ def _train(args: argparse.Namespace, parent_uri: str | None = None) -> None:
 
             parent = resolve_parent(parent_uri, args.task, tracking_uri, Path(tmp))
         cfg = load_run_config(args.task, preset, args.overrides, base_task=parent.task_config if parent else None)
+        if parent and parent.registered_model and not cfg.tracking.registered_model:
+            cfg.tracking.registered_model = parent.registered_model  # versions of the same model: comparable
         default_name = f"{args.task}-{purpose + '-' if parent_uri else ''}{time.strftime('%Y%m%d-%H%M%S')}"
         result = run_training(args.task, cfg, sources, args.eval, workdir, args.name or default_name, tracking_uri,
                               args.promote_if, parent)

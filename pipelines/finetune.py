@@ -5,7 +5,9 @@ checkpoint folder (a training checkpoint, or a downloaded registered model).
 The parent's task settings are the base of the run's ``task`` section (a
 preset or ``--set`` may change them; ``Task.adapt_weights`` fits the weights
 where shapes then differ), its assets (CLIP's tokenizer) are reused as they
-are, and its name, version and run are recorded as ``tvp.parent_*`` tags.
+are, and its name, version and run are recorded as ``tvp.parent_*`` tags. New
+versions go to the parent's registered model unless ``tracking.registered_model``
+names another, so promotion compares them with the parent's ``champion``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ PARENT_MODEL_TAG, PARENT_VERSION_TAG, PARENT_RUN_TAG = "tvp.parent_model", "tvp.
 def resolve_parent(model_uri: str, task_name: str, tracking_uri: str, download_dir: Path) -> Parent:
     """The parent behind ``model_uri``; it must be a checkpoint of ``task_name``."""
     tags: dict[str, str] = {}
+    registered_model = None
     if model_uri.startswith("models:/"):
         from mlflow.tracking import MlflowClient
 
@@ -32,6 +35,7 @@ def resolve_parent(model_uri: str, task_name: str, tracking_uri: str, download_d
                                                 tracking_uri)
         tags = {PARENT_MODEL_TAG: version.name, PARENT_VERSION_TAG: str(version.version),
                 PARENT_RUN_TAG: version.run_id or ""}
+        registered_model = version.name
     else:
         folder = checkpoint_in(Path(model_uri))
         if not folder.is_dir():
@@ -42,4 +46,4 @@ def resolve_parent(model_uri: str, task_name: str, tracking_uri: str, download_d
         raise CheckpointError(f"--from {model_uri} is a {config['task']} checkpoint, not {task_name}")
     files = {name: (folder / name).read_text() for name in config["files"]}
     return Parent(uri=model_uri, task=config["task"], task_config=config["task_config"], files=files,
-                  weights=(folder / WEIGHTS_FILE).read_bytes(), tags=tags)
+                  weights=(folder / WEIGHTS_FILE).read_bytes(), tags=tags, registered_model=registered_model)

@@ -45,6 +45,7 @@ class Parent:
     files: dict[str, str]
     weights: bytes  # model.safetensors
     tags: dict[str, str] = field(default_factory=dict)  # tvp.parent_* tags for the run and the version
+    registered_model: str | None = None  # the parent's registered model, where new versions go by default
 
 
 def build_task(task_name: str, cfg: RunConfig, sources: list[ShardSource], index_dir: str,

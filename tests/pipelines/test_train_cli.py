@@ -10,6 +10,7 @@ import shutil
 
 from mlflow.tracking import MlflowClient
 
+from components.data.ingest.digits_demo_data import PROMPT_TEMPLATES
 from tests.conftest import run_tvp
 
 
@@ -19,7 +20,8 @@ def test_train_reproduces_the_demo_registers_promotes_and_guards_named_runs(demo
     env = {"MLFLOW_TRACKING_URI": uri}
     args = ["train", "clip", "--data", summary["shards_dir"], "--eval", summary["heldout_shards_dir"],
             "--name", "nightly", "--workdir", str(tmp_path), "--promote-if", "zero_shot_top1", "--config", "tiny",
-            "--set", "tracking.registered_model=clip-nightly"]
+            "--set", "tracking.registered_model=clip-nightly",
+            "--set", f"task.zero_shot_templates={json.dumps(PROMPT_TEMPLATES)}"]  # the demo's evaluation prompts
     result = run_tvp(*args, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "registered clip-nightly version 1" in result.stdout
