@@ -58,6 +58,8 @@ def _rank_main(rank: int, world: int, port: int, spec: dict[str, Any], checkpoin
 
     for name, target in tasks.items():  # tasks registered at run time in the parent (tests' toy tasks)
         register_task(name, target)
+    # As many math threads as a Ray Train worker of this config gets: the same arithmetic, the same rounding.
+    torch.set_num_threads(max(1, int(spec["train"].get("cpus_per_worker", 1))))
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         context = LocalContext(checkpoint_root, rank=rank, world=world)
