@@ -310,6 +310,14 @@ class Console:
         self._handlers = [(root, _LogHandler(self)), (tvp, _TvpHandler(self))]
         for logger, handler in self._handlers:
             logger.addHandler(handler)
+        # Ray, once imported, logs through its own stderr handler (the stream it saw at import) and does not
+        # propagate: while the console runs, its records go to the root logger like every library's.
+        self._saved["ray_loggers"] = {}
+        for name, logger in list(logging.root.manager.loggerDict.items()):
+            if (name == "ray" or name.startswith("ray.")) and isinstance(logger, logging.Logger) \
+                    and not logger.propagate:
+                self._saved["ray_loggers"][name] = (logger.handlers[:], logger.propagate)
+                logger.handlers, logger.propagate = [], True
         root.setLevel(logging.INFO)
         tvp.setLevel(logging.INFO)
         sys.stdout, sys.stderr = ConsoleStream(self), LibraryStream(self)
@@ -329,6 +337,9 @@ class Console:
         send_worker_output_to(self._saved["sink"])
         for logger, handler in self._handlers:
             logger.removeHandler(handler)
+        for name, (handlers, propagate) in self._saved["ray_loggers"].items():
+            logger = logging.getLogger(name)
+            logger.handlers, logger.propagate = handlers, propagate
         logging.getLogger().setLevel(self._saved["root_level"])
         logging.getLogger("tvp").setLevel(self._saved["tvp_level"])
         self.log_path = self.log.close()
