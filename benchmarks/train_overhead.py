@@ -228,12 +228,13 @@ class CpuMeter:
         self._done.set()
         self._thread.join()
         (self.ROOT / "cgroup.procs").write_text(str(os.getpid()))
-        for _ in range(50):  # Ray's processes may take a moment to go
+        for _ in range(300):  # Ray's processes may take a while to go on a busy machine
             try:
                 self.group.rmdir()
                 return
             except OSError:
                 time.sleep(0.2)
+        print(f"note: {self.group} still holds processes; remove it with rmdir once they are gone", file=sys.stderr)
 
 
 def cpu_per_1000(meter: CpuMeter, ends: list[float], samples: list[int]) -> str:
