@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -20,6 +21,8 @@ from components.training.worker_logs import LOG_FOLDER, download_worker_logs
 from components.training.worker_loop import train_loop_per_worker
 
 log = logging.getLogger("tvp.train")
+HEALTH_CHECK_INTERVAL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"  # how often the controller polls the workers
+REPORT_POLL_INTERVAL_S = 0.5
 
 
 def _check_sources(sources: Sequence[ShardSource], cfg: TrainConfig) -> None:
@@ -54,6 +57,10 @@ def fit(
     epoch's end and every ``eval_every_steps``; ``init_weights`` (safetensors bytes) start a fine-tuning run.
     """
     _check_sources(sources, cfg)
+    # Ray Train's controller takes one report per poll (every 2 s by default), and a worker's next report
+    # waits for the last: with short epochs that, not training, set the pace. The driver hands this
+    # setting to the controller, on any cluster.
+    os.environ.setdefault(HEALTH_CHECK_INTERVAL_ENV, str(REPORT_POLL_INTERVAL_S))
     extra: dict[str, Any] = {"tracking": tracking, "eval": evaluation}
     if init_weights is not None:
         extra["init_weights"] = ray.put(init_weights)  # once in the object store, not once per worker

@@ -23,7 +23,8 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 from itertools import islice
-from typing import Callable, Iterator, Sequence
+from collections.abc import Sequence
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -47,6 +48,29 @@ def sample_id(key: str) -> int:
 def sample_rng(seed: int, epoch: int, sample: int) -> np.random.Generator:
     """The generator of one sample's random choices in one epoch (masks, crops): replays are identical."""
     return np.random.default_rng([seed, epoch, sample])
+
+
+class SampleRngs(Sequence):
+    """One generator per sample of a batch, each made when first asked for: tasks without randomness pay
+    nothing (a generator costs about as much to create as decoding a small image)."""
+
+    def __init__(self, seed: int, epoch: int, ids: np.ndarray):
+        self._seed, self._epoch, self._ids = seed, epoch, ids
+        self._made: dict[int, np.random.Generator] = {}
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        if index not in self._made:
+            self._made[index] = sample_rng(self._seed, self._epoch, int(self._ids[index]))
+        return self._made[index]
 
 
 def shuffle_windows(shards: Sequence[ShardRef], window: int) -> list[list[ShardRef]]:
@@ -119,8 +143,7 @@ class RankBatches(IterableDataset):
             if index % shares != share:
                 continue
             ids = np.array([sample_id(s[KEY]) for s in raw], dtype=np.int64)
-            rngs = [sample_rng(self.seed, self.epoch, int(i)) for i in ids]
-            out = self.transform(_columns(raw, self.members), rngs)
+            out = self.transform(_columns(raw, self.members), SampleRngs(self.seed, self.epoch, ids))
             batch = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in out.items()}
             batch[SAMPLE_ID] = torch.from_numpy(ids)
             yield batch
