@@ -22,6 +22,7 @@ import pyarrow as pa
 from components.data.ingest import ingest_defaults as defaults
 from components.data.ingest.caption_filter import check_caption
 from components.data.ingest.image_processing import ImageConfig, ImageError, process_image
+from components.data.ingest.json_values import clean_text, json_fields
 from components.data.ingest.ordered_map import ordered_map
 from components.data.ingest.url_fetcher import FetchConfig, UrlFetcher
 from components.data.shards.shard_source import ShardContent
@@ -67,19 +68,29 @@ def _sample(row: dict[str, Any], key: str, fetcher: UrlFetcher, base_dir: str, c
     url = row["url"]
     if not isinstance(url, str) or not url.strip():
         raise ImageError("missing_url", "row has no image location")
+    if any(ord(c) < 32 or ord(c) == 127 for c in url.strip()):
+        raise ImageError("invalid_url", "the image location holds control characters")
     caption = check_caption(row["caption"], cfg.min_caption_length, cfg.max_caption_length)
     data = read_image(url.strip(), fetcher, base_dir)
     jpg, width, height = process_image(data, cfg.image)
-    meta = {k: v for k, v in row.items() if k not in ("url", "caption")}
-    meta.update(key=key, url=url, caption=caption, sha256=hashlib.sha256(data).hexdigest(),
+    meta = json_fields({k: v for k, v in row.items() if k not in ("url", "caption")})
+    meta.update(key=key, url=clean_text(url), caption=caption, sha256=hashlib.sha256(data).hexdigest(),
                 original_width=width, original_height=height)
     return {"__key__": key, "jpg": jpg, "txt": caption, "json": meta}
 
 
 def _caption_text(raw: Any) -> str | None:
-    if raw is None or isinstance(raw, str):
-        return raw
-    return bytes(raw).decode("utf-8", errors="replace")
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        return clean_text(raw)
+    if isinstance(raw, (bytes, bytearray, memoryview)):
+        return bytes(raw).decode("utf-8", errors="replace")
+    return clean_text(str(raw))
+
+
+def _url_text(raw: Any) -> str | None:
+    return None if raw is None else clean_text(raw if isinstance(raw, str) else str(raw))
 
 
 class _RowLog:
@@ -92,8 +103,8 @@ class _RowLog:
 
     def failed(self, key: str, row: dict[str, Any], error: ImageError) -> None:
         self.errors[error.category] = self.errors.get(error.category, 0) + 1
-        self._add([key, row["url"], _caption_text(row["caption"]), "failed", error.category, str(error),
-                   None, None, None])
+        self._add([key, _url_text(row.get("url")), _caption_text(row.get("caption")), "failed", error.category,
+                   clean_text(str(error)), None, None, None])
 
     def succeeded(self, sample: dict[str, Any]) -> None:
         self.successes += 1
@@ -114,6 +125,9 @@ def build_image_text_shard(
 ) -> ShardContent:
     """The shard made of ``rows`` (input rows ``first_row``…): a sample per usable row, a status row per row.
 
+    Every row gets a status, whatever it holds: an unexpected error is that row's ``internal`` failure, with
+    the exception's type in its error. Extra columns reach ``.json`` as strict JSON (``json_values.py``).
+
     ``rows`` has ``url`` (string), ``caption`` (binary or string) and any other columns, carried into each
     sample's ``.json``. Relative image paths are read from ``base_dir``. Images are fetched and processed
     as the samples are consumed.
@@ -130,6 +144,8 @@ def build_image_text_shard(
             return key, _sample(row, key, fetcher, base_dir, cfg)
         except ImageError as exc:
             return key, exc
+        except Exception as exc:  # no row may fail its shard: the unexpected is that row's failure
+            return key, ImageError("internal", f"{type(exc).__name__}: {exc}")
 
     def samples() -> Iterator[dict[str, Any]]:
         for (key, outcome), row in zip(ordered_map(attempt, enumerate(inputs), cfg.threads), inputs):

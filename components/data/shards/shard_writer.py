@@ -36,7 +36,7 @@ def _member_bytes(value: Any) -> bytes:
     if isinstance(value, str):
         return value.encode("utf-8")
     if isinstance(value, dict):
-        return json.dumps(value, sort_keys=True).encode("utf-8")
+        return json.dumps(value, sort_keys=True, allow_nan=False).encode("utf-8")  # strict JSON: no NaN
     raise TypeError(f"cannot store a {type(value).__name__} in a shard: encode it to bytes first")
 
 
