@@ -60,8 +60,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "image-text",
         help="an image-text table (image URL or path + caption) → shards, downloading as needed",
         description=(
-            "Read a table of image locations (http(s):// URLs, file:// URLs, absolute paths or paths relative to "
-            "the table) and captions: Parquet, CSV, TSV or JSON Lines, each optionally gzipped, a file or a folder "
+            "Read a table of image locations (http(s):// URLs; file:// URLs and paths, read only inside the table's "
+            "own folder and any --allow-local-root) and captions: Parquet, CSV, TSV or JSON Lines, each optionally gzipped, a file or a folder "
             "of files. Download (many requests per task, with timeouts, retries and X-Robots-Tag opt-outs "
             "honoured; never to private, loopback, link-local or metadata addresses unless --allow-address names "
             "them), decode, filter, resize and re-encode every image with Ray Data; drop later copies of the same "
@@ -115,6 +115,12 @@ def _build_parser() -> argparse.ArgumentParser:
                           help="download even where X-Robots-Tag says noai, noimageai, noindex or noimageindex")
     download.add_argument("--allow-address", action="append", default=[], metavar="IP_OR_CIDR",
                           help="let downloads reach this private/loopback address or network (repeatable)")
+    download.add_argument("--allow-local-root", action="append", default=[], metavar="DIR",
+                          help="let image locations name files inside this folder, besides the table's own folder "
+                               "(repeatable; on a cluster, a folder every node sees; a table in object storage reads "
+                               "no local file without one)")
+    download.add_argument("--max-bytes", type=int, default=defaults.MAX_BYTES,
+                          help="largest image accepted, downloaded or local, in bytes (default: %(default)s)")
     work = image_text.add_argument_group("work")
     work.add_argument("--rows-per-shard", type=int, default=defaults.ROWS_PER_SHARD,
                       help="input rows per shard (default: %(default)s)")
@@ -351,7 +357,7 @@ def _ingest(args: argparse.Namespace) -> None:
     from components.data.ingest.url_fetcher import DEFAULT_USER_AGENT, FetchConfig
     from components.data.ingest.url_table import TableSpec, iter_row_batches
 
-    for flag in ("rows_per_shard", "image_size", "threads", "timeout", "max_pixels"):
+    for flag in ("rows_per_shard", "image_size", "threads", "timeout", "max_pixels", "max_bytes"):
         if getattr(args, flag) <= 0:
             raise _usage_error(f"--{flag.replace('_', '-')} must be positive")
     names = tuple(n.strip() for n in args.column_names.split(",")) if args.column_names else None
@@ -360,11 +366,15 @@ def _ingest(args: argparse.Namespace) -> None:
     try:
         fetch = FetchConfig(timeout_s=args.timeout, retries=args.retries, honour_opt_out=not args.ignore_opt_out,
                             user_agent=args.user_agent or DEFAULT_USER_AGENT,
-                            allowed_addresses=tuple(args.allow_address))
+                            allowed_addresses=tuple(args.allow_address), max_bytes=args.max_bytes)
         image = ImageConfig(image_size=args.image_size, resize_mode=args.resize_mode, jpeg_quality=args.jpeg_quality,
                             max_pixels=args.max_pixels, min_size=args.min_image_size,
                             max_aspect_ratio=args.max_aspect_ratio)
-        cfg = IngestConfig(image, fetch, args.threads, args.min_caption_length, args.max_caption_length)
+        roots = tuple(str(Path(r).resolve()) for r in args.allow_local_root)
+        missing = [r for r in roots if not Path(r).is_dir()]
+        if missing:
+            raise _usage_error(f"--allow-local-root {missing[0]} is not a folder")
+        cfg = IngestConfig(image, fetch, args.threads, args.min_caption_length, args.max_caption_length, roots)
         AddressGuard(fetch.allowed_addresses)  # a malformed --allow-address fails here, not in every task
     except (ValueError, ValidationError) as exc:
         raise _usage_error(str(exc).splitlines()[0]) from exc

@@ -57,7 +57,7 @@ def test_finetune_from_the_registered_demo_model_scores_at_least_as_well(demo_ru
     assert result.returncode == 0, result.stderr[-3000:]
 
     client = MlflowClient(uri, registry_uri=uri)
-    child = client.get_latest_versions(summary["registered_model"])[0]
+    child = max(client.search_model_versions(f"name = '{summary['registered_model']}'"), key=lambda v: int(v.version))
     assert int(child.version) == int(summary["model_version"]) + 1
     run = client.get_run(child.run_id)
     for tags in (run.data.tags, child.tags):

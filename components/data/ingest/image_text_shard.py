@@ -13,9 +13,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar, Iterator
-from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
 
@@ -23,6 +21,7 @@ from components.data.ingest import ingest_defaults as defaults
 from components.data.ingest.caption_filter import check_caption
 from components.data.ingest.image_processing import ImageConfig, ImageError, process_image
 from components.data.ingest.json_values import clean_text, json_fields
+from components.data.ingest.local_files import LocalFiles
 from components.data.ingest.ordered_map import ordered_map
 from components.data.ingest.url_fetcher import FetchConfig, UrlFetcher
 from components.data.shards.shard_source import ShardContent
@@ -39,6 +38,8 @@ class IngestConfig:
     threads: int = defaults.THREADS  # rows fetched and processed at once in each task
     min_caption_length: int = defaults.MIN_CAPTION_LENGTH  # characters, surrounding whitespace not counted
     max_caption_length: int | None = defaults.MAX_CAPTION_LENGTH
+    # Folders (every node sees them) whose files image locations may name, besides a local table's own folder.
+    local_roots: tuple[str, ...] = ()
 
     __pydantic_config__: ClassVar[dict] = {"extra": "forbid"}
 
@@ -47,9 +48,15 @@ def row_key(position: int) -> str:
     return f"{position:09d}"
 
 
-def read_image(url: str, fetcher: UrlFetcher, base_dir: str) -> bytes:
-    """Bytes behind ``url``: http(s) through the guarded fetcher; a path (relative to ``base_dir``) or file:// read."""
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+def local_files(cfg: IngestConfig, base_dir: str) -> LocalFiles:
+    """What a shard may read from local disk: its table's folder (when local) and the roots given on purpose."""
+    roots = ((base_dir,) if base_dir else ()) + tuple(cfg.local_roots)
+    return LocalFiles(roots, base_dir, cfg.fetch.max_bytes, cfg.fetch.timeout_s)
+
+
+def read_image(url: str, fetcher: UrlFetcher, local: LocalFiles) -> bytes:
+    """Bytes behind ``url``: http(s) through the guarded fetcher; a path or ``file://`` URL only by consent."""
+    scheme = url.split(":", 1)[0].lower() if ":" in url.split("/", 1)[0] else ""
     if scheme in ("http", "https"):
         result = fetcher.fetch(url)
         if not result.ok:
@@ -57,21 +64,17 @@ def read_image(url: str, fetcher: UrlFetcher, base_dir: str) -> bytes:
         return result.body or b""
     if scheme not in ("", "file"):
         raise ImageError("invalid_url", f"unsupported URL scheme {scheme!r}")
-    path = Path(unquote(urlparse(url).path)) if scheme == "file" else Path(url)
-    try:
-        return (path if path.is_absolute() else Path(base_dir) / path).read_bytes()
-    except OSError as exc:
-        raise ImageError("read", f"cannot read {url}: {exc.strerror or exc}") from exc
+    return local.read(url)
 
 
-def _sample(row: dict[str, Any], key: str, fetcher: UrlFetcher, base_dir: str, cfg: IngestConfig) -> dict:
+def _sample(row: dict[str, Any], key: str, fetcher: UrlFetcher, local: LocalFiles, cfg: IngestConfig) -> dict:
     url = row["url"]
     if not isinstance(url, str) or not url.strip():
         raise ImageError("missing_url", "row has no image location")
     if any(ord(c) < 32 or ord(c) == 127 for c in url.strip()):
         raise ImageError("invalid_url", "the image location holds control characters")
     caption = check_caption(row["caption"], cfg.min_caption_length, cfg.max_caption_length)
-    data = read_image(url.strip(), fetcher, base_dir)
+    data = read_image(url.strip(), fetcher, local)
     jpg, width, height = process_image(data, cfg.image)
     meta = json_fields({k: v for k, v in row.items() if k not in ("url", "caption")})
     meta.update(key=key, url=clean_text(url), caption=caption, sha256=hashlib.sha256(data).hexdigest(),
@@ -129,11 +132,13 @@ def build_image_text_shard(
     the exception's type in its error. Extra columns reach ``.json`` as strict JSON (``json_values.py``).
 
     ``rows`` has ``url`` (string), ``caption`` (binary or string) and any other columns, carried into each
-    sample's ``.json``. Relative image paths are read from ``base_dir``. Images are fetched and processed
+    sample's ``.json``. Local image locations are read only inside ``base_dir`` (the table's folder, "" for a
+    remote table) and ``cfg.local_roots`` (``local_files.py``); relative ones from ``base_dir``. Images are fetched and processed
     as the samples are consumed.
     """
     started = time.monotonic()
     fetcher = fetcher or UrlFetcher(cfg.fetch)
+    local = local_files(cfg, base_dir)
     inputs = rows.to_pylist()
     log = _RowLog()
 
@@ -141,7 +146,7 @@ def build_image_text_shard(
         offset, row = item
         key = row_key(first_row + offset)
         try:
-            return key, _sample(row, key, fetcher, base_dir, cfg)
+            return key, _sample(row, key, fetcher, local, cfg)
         except ImageError as exc:
             return key, exc
         except Exception as exc:  # no row may fail its shard: the unexpected is that row's failure

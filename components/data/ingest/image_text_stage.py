@@ -67,6 +67,8 @@ def shard_image_text_table(
     """
     config = {**asdict(cfg), "dedup": dedup}
     config.pop("threads")  # how fast, not what
+    if not config["local_roots"]:
+        config.pop("local_roots")  # sets made before the setting existed keep their fingerprint
     return build_shard_set(
         UrlTableReader(spec), ImageTextShardBuilder(cfg, table_folder(spec)), out_dir, config, rows_per_shard,
         processes, after_shards=remove_duplicates if dedup else None, on_planned=on_planned,

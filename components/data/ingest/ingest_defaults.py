@@ -27,6 +27,7 @@ MAX_ASPECT_RATIO = 0.0  # 0 = off
 # FetchConfig
 FETCH_TIMEOUT_S = 10.0
 FETCH_RETRIES = 2
+MAX_BYTES = 32 * 1024 * 1024  # one limit for downloads and local files
 
 # IngestConfig
 THREADS = 32

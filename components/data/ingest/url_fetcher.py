@@ -62,7 +62,7 @@ class FetchConfig:
     backoff_s: float = 0.5  # the n-th retry waits backoff_s * 2**(n-1)
     user_agent: str = DEFAULT_USER_AGENT  # its product token ("tvp") is the name X-Robots-Tag prefixes match
     honour_opt_out: bool = True  # refuse responses whose X-Robots-Tag says noai, noimageai, noindex or noimageindex
-    max_bytes: int = 32 * 1024 * 1024  # larger bodies are refused without being kept
+    max_bytes: int = defaults.MAX_BYTES  # larger bodies (and local files) are refused without being kept
     max_redirects: int = 5
     allowed_addresses: tuple[str, ...] = ()  # IPs or CIDR networks contacted despite being non-public
 
