@@ -11,6 +11,7 @@ import hashlib
 import pickle
 import socket
 import ssl
+import threading
 
 import pytest
 
@@ -322,3 +323,20 @@ def test_https_verifies_the_original_host_name(tmp_path, connector):
         untrusted = UrlFetcher(config, resolve, connector).fetch(f"https://images.test:{srv.port}/img/6.jpg")
     assert wrong_name.error_category == "tls" and untrusted.error_category == "tls"
     assert set(connector.seen) == {LOOPBACK}
+
+
+def test_a_slow_name_lookup_counts_against_the_deadline(connector):
+    """A resolver that does not answer is the request's timeout, not a task stuck in getaddrinfo."""
+    answered = threading.Event()
+
+    def stuck(host: str, port: int):
+        answered.wait(timeout=30)  # released when the test ends
+        return [LOOPBACK]
+
+    fetcher = UrlFetcher(FetchConfig(timeout_s=0.3, retries=1, backoff_s=0.001), resolver=stuck, connector=connector)
+    try:
+        result = fetcher.fetch("http://slow-dns.test/a.jpg")
+    finally:
+        answered.set()
+    assert (result.ok, result.error_category, result.attempts) == (False, "timeout", 2)
+    assert connector.seen == []

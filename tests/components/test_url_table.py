@@ -230,3 +230,11 @@ def test_corrupt_gzip_and_parquet_are_table_errors(tmp_path):
     one_line_error(TableSpec(str(write_text(tmp_path / "t.parquet", b"PAR1 not really"))), "as parquet")
     (tmp_path / "t.jsonl.gz").write_bytes(b"\x1f\x8bjunk")
     one_line_error(TableSpec(str(tmp_path / "t.jsonl.gz")), "as jsonl")
+
+
+def test_a_json_line_longer_than_the_limit_is_refused_before_it_fills_memory(tmp_path, monkeypatch):
+    from components.data.ingest import url_table
+
+    monkeypatch.setattr(url_table, "MAX_JSON_LINE_BYTES", 1000)
+    path = write_text(tmp_path / "t.jsonl", jsonl_bytes(ROWS[:1]) + b'{"url": "' + b"x" * 5000 + b'"}\n')
+    one_line_error(TableSpec(str(path)), f"line too long at {path}:2: more than 1000 bytes")

@@ -25,6 +25,7 @@ Only transient failures are retried: timeout, connection, http_429 and http_5xx.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import http.client
 import io
@@ -40,6 +41,9 @@ from urllib.parse import quote, urljoin, urlsplit
 
 from components.data.ingest import ingest_defaults as defaults
 from components.data.ingest.address_guard import AddressGuard, BlockedAddress
+
+# Look-ups run here so that the caller can stop waiting at its deadline (getaddrinfo has no timeout).
+_DNS_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="tvp-dns")
 
 DEFAULT_USER_AGENT = "tvp/0.1 (image-text dataset downloader; honours X-Robots-Tag noai)"
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -336,7 +340,7 @@ class UrlFetcher:
     def _open(self, target: _Target, deadline: _Deadline) -> socket.socket:
         """A connected socket to a checked address of ``target`` (TLS-wrapped for https)."""
         error: OSError | None = None
-        for ip in self._checked_addresses(target):
+        for ip in self._checked_addresses(target, deadline):
             try:
                 sock = self._connector((ip, target.port), deadline.left())
                 break
@@ -348,13 +352,21 @@ class UrlFetcher:
             sock = self._wrap_tls(sock, target.host, deadline)
         return sock
 
-    def _checked_addresses(self, target: _Target) -> list[str]:
-        """The resolved addresses the guard allows, in resolver order; refuses when none is."""
+    def _checked_addresses(self, target: _Target, deadline: _Deadline) -> list[str]:
+        """The resolved addresses the guard allows, in resolver order; refuses when none is.
+
+        The look-up counts against the request's deadline: a resolver that does not answer in time is a
+        ``timeout`` (its thread finishes in the background; look-ups cannot be cancelled).
+        """
         if _ip_literal(target.host):
             candidates = [target.host]
         else:
+            lookup = _DNS_POOL.submit(self._resolver, target.host, target.port)
             try:
-                candidates = list(self._resolver(target.host, target.port))
+                candidates = list(lookup.result(timeout=max(deadline.left(), 0.001)))
+            except concurrent.futures.TimeoutError as exc:
+                lookup.cancel()
+                raise FetchError("timeout", f"resolving {target.host} took longer than the deadline") from exc
             except (OSError, UnicodeError) as exc:
                 raise FetchError("dns", f"cannot resolve {target.host}: {exc}") from exc
         if not candidates:

@@ -233,10 +233,22 @@ def _json_table(rows: list[dict], where: str, spec: TableSpec) -> pa.Table:
     return pa.table({name: _json_column(rows, name, spec) for name in names})
 
 
+MAX_JSON_LINE_BYTES = 4 << 20  # a row of a JSON Lines table; longer lines are refused before they fill memory
+
+
+def _limited_lines(stream: io.BufferedReader, file: str) -> Iterator[bytes]:
+    number = 0
+    while line := stream.readline(MAX_JSON_LINE_BYTES + 1):
+        number += 1
+        if len(line) > MAX_JSON_LINE_BYTES:
+            raise TableError(f"line too long at {file}:{number}: more than {MAX_JSON_LINE_BYTES} bytes")
+        yield line
+
+
 def _jsonl_batches(fs: pafs.FileSystem, file: str, spec: TableSpec, batch_rows: int) -> Iterator[pa.Table]:
-    with io.BufferedReader(fs.open_input_stream(file), 1 << 20) as lines:
+    with io.BufferedReader(fs.open_input_stream(file), 1 << 20) as stream:
         rows, first, number = [], 1, 0
-        for number, line in enumerate(lines, 1):
+        for number, line in enumerate(_limited_lines(stream, file), 1):
             if line.strip():
                 rows.append(_parse_json_line(line, f"{file}:{number}", spec))
             if len(rows) == batch_rows:
