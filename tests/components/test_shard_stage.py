@@ -91,3 +91,24 @@ def test_inputs_that_break_while_planning_leave_no_folder_behind(ray_address, tm
     with pytest.raises(ValueError, match="cannot read past 10"):
         build_shard_set(Numbers(23, fail_at=10), SpellOut("n"), out, {}, 10)
     assert not out.exists()
+
+
+def test_a_file_named_like_a_shard_that_tvp_did_not_make_is_neither_deleted_nor_overwritten(ray_address, tmp_path):
+    (tmp_path / "00000.parquet").write_bytes(b"the user's own table")
+    (tmp_path / "2024_report.parquet").write_bytes(b"unrelated")
+    with pytest.raises(ShardSetError, match="holds 00000.parquet, which this ingestion did not make"):
+        build_shard_set(Numbers(23), SpellOut("n"), tmp_path, {}, 10)
+    assert (tmp_path / "00000.parquet").read_bytes() == b"the user's own table"
+    (tmp_path / "00000.parquet").unlink()
+    build_shard_set(Numbers(23), SpellOut("n"), tmp_path, {}, 10)
+    assert (tmp_path / "2024_report.parquet").read_bytes() == b"unrelated"
+
+
+def test_a_second_run_on_the_same_folder_is_refused_while_the_first_holds_it(ray_address, tmp_path):
+    from components.data.shards.shard_stage import output_lock
+    from components.data.shards.shard_store import ShardStore
+
+    with output_lock(ShardStore(tmp_path), str(tmp_path)):
+        with pytest.raises(ShardSetError, match="another run is writing"):
+            build_shard_set(Numbers(23), SpellOut("n"), tmp_path, {}, 10)
+    build_shard_set(Numbers(23), SpellOut("n"), tmp_path, {}, 10)  # released: the next run goes ahead

@@ -77,3 +77,19 @@ def test_reading_an_unfinished_folder_is_a_clear_error(tmp_path):
         read_manifest(tmp_path)
     with pytest.raises(ShardSetError, match="no sizes.json"):
         shard_paths(tmp_path)
+
+
+def test_clean_up_removes_only_tvps_own_temporaries(tmp_path):
+    from components.data.shards.atomic_files import temporary_name, write_atomic
+
+    write_atomic(tmp_path / "a.json", b"{}")
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]  # the temporary was renamed away
+    assert temporary_name("x") != temporary_name("x")  # unique: two writers never share one
+    for name in (temporary_name("00003.tar"), temporary_name("manifest.json"), "00004_stats.json.tmp"):
+        (tmp_path / name).write_bytes(b"left by a killed writer")
+    (tmp_path / "notes.tmp").write_bytes(b"the user's")
+    (tmp_path / temporary_name("holiday.jpg")).write_bytes(b"not a shard file")
+    remove_partial_files(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["a.json", "notes.tmp", *[
+        p.name for p in tmp_path.iterdir() if "holiday" in p.name]])
+    assert any("holiday" in p.name for p in tmp_path.iterdir())

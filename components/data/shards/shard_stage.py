@@ -23,9 +23,11 @@ gives exactly the set an uninterrupted run gives.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -37,10 +39,11 @@ from components.data.shards.shard_reader import ShardSetError
 from components.data.shards.shard_source import InputReader, ShardBuilder, cut_shards
 from components.data.shards.shard_store import ShardStore
 from components.data.shards.shard_writer import (
-    completed_shards, finalize_shard_set, remove_partial_files, shard_name, write_shard,
+    completed_shards, finalize_shard_set, remove_partial_files, shard_name, unfinished_shard_files, write_shard,
 )
 
 INPUTS = "_inputs"
+LOCK_FILE = ".tvp.lock"
 ShardDone = Callable[[dict[str, Any], int, int], None]  # (the shard's stats, shards complete, shards in all)
 Planned = Callable[[int, int, int], None]  # (shards in all, shards to do, input rows)
 
@@ -64,6 +67,41 @@ def _forget_other_inputs(store: ShardStore, fingerprint: str) -> None:
         store.delete_folder(INPUTS)
     store.makedirs(INPUTS)
     store.write_bytes(marker, fingerprint.encode())
+
+
+def _planned_ids(store: ShardStore, fingerprint: str) -> set[int]:
+    """Shards an earlier run planned from these same inputs and config (so any file of theirs is tvp's)."""
+    marker = f"{INPUTS}/FINGERPRINT"
+    if not store.exists(marker) or store.read_bytes(marker).decode() != fingerprint:
+        return set()
+    return {int(name.split(".")[0]) for name in store.names(INPUTS) if name.endswith(".parquet")}
+
+
+def _refuse_files_not_ours(store: ShardStore, location: str) -> None:
+    """A file named like a shard that tvp did not make here (an input table ``00000.parquet``, say) would be
+    overwritten: refuse rather than lose it."""
+    foreign = sorted(unfinished_shard_files(store))
+    if foreign:
+        raise ShardSetError(f"{location} holds {foreign[0]}, which this ingestion did not make: "
+                            "move it away or write to another folder")
+
+
+@contextmanager
+def output_lock(store: ShardStore, location: str) -> Iterator[None]:
+    """One run at a time per local output folder: an OS lock that dies with its process, so a SIGKILLed run
+    never blocks its resume. (Object storage has no lock here yet.)"""
+    if not store.is_local:
+        yield
+        return
+    with open(store.path(LOCK_FILE), "a+") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ShardSetError(f"another run is writing {location} right now: wait for it, or write elsewhere") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def plan_shards(reader: InputReader, store: ShardStore, rows_per_shard: int,
@@ -137,26 +175,30 @@ def build_shard_set(
     fingerprint = config_fingerprint(source, config)
     created = not store.exists()
     store.makedirs()
-    done = completed_shards(store)
-    _refuse_foreign(store, done, fingerprint, reader.input_name)
-    remove_partial_files(store)
-    _forget_other_inputs(store, fingerprint)
-    try:
-        pending, num_shards, num_rows = plan_shards(reader, store, rows_per_shard, set(done))
-    except Exception:  # inputs that turn out malformed halfway: leave nothing behind that was not there
-        if not done:
-            store.delete_folder(INPUTS)
-            if created:
-                store.fs.delete_dir(store.root)
-        raise
-    if on_planned:
-        on_planned(num_shards, len(pending), num_rows)
-    if pending:
-        for finished, stats in enumerate(_run_tasks(pending, store, build, fingerprint, processes), len(done) + 1):
-            if on_shard_done:
-                on_shard_done(stats, finished, num_shards)
-    if after_shards:
-        after_shards(store)
-    manifest = finalize_shard_set(store, source, config)
-    store.delete_folder(INPUTS)
-    return manifest
+    with output_lock(store, str(out_dir)):
+        done = completed_shards(store)
+        _refuse_foreign(store, done, fingerprint, reader.input_name)
+        # Unfinished shard files are this run's own when it planned them, or when the folder already is a set of
+        # these inputs and config (its finished shards say so); anything else named like a shard is refused.
+        remove_partial_files(store, None if done else _planned_ids(store, fingerprint))
+        _refuse_files_not_ours(store, str(out_dir))
+        _forget_other_inputs(store, fingerprint)
+        try:
+            pending, num_shards, num_rows = plan_shards(reader, store, rows_per_shard, set(done))
+        except Exception:  # inputs that turn out malformed halfway: leave nothing behind that was not there
+            if not done:
+                store.delete_folder(INPUTS)
+                if created:
+                    store.fs.delete_dir(store.root)
+            raise
+        if on_planned:
+            on_planned(num_shards, len(pending), num_rows)
+        if pending:
+            for finished, stats in enumerate(_run_tasks(pending, store, build, fingerprint, processes), len(done) + 1):
+                if on_shard_done:
+                    on_shard_done(stats, finished, num_shards)
+        if after_shards:
+            after_shards(store)
+        manifest = finalize_shard_set(store, source, config)
+        store.delete_folder(INPUTS)
+        return manifest

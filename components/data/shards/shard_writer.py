@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import tarfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -20,7 +21,7 @@ from typing import Any, Callable, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from components.data.shards.atomic_files import TMP_SUFFIX
+from components.data.shards.atomic_files import TMP_SUFFIX, temporary_of
 from components.data.shards.shard_store import ShardStore
 
 MANIFEST_VERSION = 1
@@ -115,14 +116,32 @@ def completed_shards(out_dir: str | Path | ShardStore) -> dict[int, dict[str, An
     return {int(name.split("_")[0]): store.read_json(name) for name in store.names() if name.endswith("_stats.json")}
 
 
-def remove_partial_files(out_dir: str | Path | ShardStore) -> None:
-    """Delete temporaries left by an interrupted writer, and tars whose stats never arrived."""
+SHARD_FILE = re.compile(r"^(?P<id>\d{5,})(?:\.tar|\.parquet|_stats\.json)$")
+SET_FILES = ("sizes.json", "manifest.json")
+
+
+def unfinished_shard_files(out_dir: str | Path | ShardStore) -> dict[str, int]:
+    """Shard tars and status tables whose stats never arrived: file name → shard id."""
     store = as_store(out_dir)
     done = completed_shards(store)
+    found = {}
     for name in store.names():
-        partial = name.endswith(TMP_SUFFIX)
-        unfinished = name[:1].isdigit() and name.endswith((".tar", ".parquet")) and int(name.split(".")[0]) not in done
-        if partial or unfinished:
+        match = SHARD_FILE.match(name)
+        if match and not name.endswith("_stats.json") and int(match.group("id")) not in done:
+            found[name] = int(match.group("id"))
+    return found
+
+
+def remove_partial_files(out_dir: str | Path | ShardStore, planned: set[int] | None = None) -> None:
+    """Delete what an interrupted writer left: tvp's temporaries of shard and set files, and the tars and
+    status tables of ``planned`` shards (all when None) whose stats never arrived. Nothing else is touched."""
+    store = as_store(out_dir)
+    for name in store.names():
+        target = temporary_of(name) or (name.removesuffix(TMP_SUFFIX) if name.endswith(TMP_SUFFIX) else None)
+        if target and (SHARD_FILE.match(target) or target in SET_FILES):
+            store.delete(name)
+    for name, shard_id in unfinished_shard_files(store).items():
+        if planned is None or shard_id in planned:
             store.delete(name)
 
 
