@@ -145,10 +145,20 @@ def wait_until(condition, driver: subprocess.Popen, what: str, timeout: float = 
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def train_workers() -> dict[int, int]:
-    """Train worker pid → the pid of its node's raylet (its parent)."""
+def train_workers(nodes) -> dict[int, int]:
+    """Train worker pid → the pid of its node's raylet (its parent), for workers on ``nodes`` only (another
+    test's workers on the session's own head may still be shutting down)."""
+    raylets = {raylet_pid(node) for node in nodes}
     out = subprocess.run(["pgrep", "-f", "RayTrainWorker"], capture_output=True, text=True).stdout
-    return {int(pid): int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) for pid in out.split()}
+    workers = {}
+    for pid in out.split():
+        try:
+            parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):  # ended meanwhile
+            continue
+        if parent in raylets:
+            workers[int(pid)] = parent
+    return workers
 
 
 def raylet_pid(node) -> int:
@@ -188,7 +198,7 @@ def test_failures_on_a_multi_node_cluster_resume_exactly_with_one_mlflow_run(mul
     # then the worker on the reclaimed node is SIGKILLed and its node removed. Ray Train restarts the group
     # on the nodes left (the spare one included).
     def drain_a_node():
-        workers = train_workers()
+        workers = train_workers(nodes)
         assert len(set(workers.values())) == 2, "SPREAD should put the two workers on two nodes"
         worker, raylet = max(workers.items())
         node = next(n for n in nodes if raylet_pid(n) == raylet)
