@@ -22,13 +22,3 @@ def zero_shot_classifier(
         tokens = torch.from_numpy(tokenize([t.format(name) for t in templates]))
         weights.append(F.normalize(encode_text(tokens).mean(dim=0), dim=-1))
     return torch.stack(weights)
-
-
-@torch.no_grad()
-def zero_shot_predict(image_emb: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
-    """Class index (N,) whose embedding is nearest each unit-norm image embedding (N, E)."""
-    return (image_emb @ classifier.T).argmax(dim=-1)
-
-
-def top1_accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:
-    return float((predictions == labels).float().mean()) if len(labels) else 0.0

@@ -41,6 +41,9 @@ class LoopContext(ABC):
         """Whether a node of the run is being taken away (a barrier: not called every step)."""
         return False
 
+    def count_step(self) -> None:
+        """A step was trained (the in-process context counts them to stop on request)."""
+
     def close(self) -> None:
         """The loop has ended (worker logs are saved here)."""
 

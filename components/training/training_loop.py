@@ -194,8 +194,7 @@ class TrainingLoop:
             if self.sample_log:  # after the step: the log lists what was trained on
                 self.sample_log.write(f"{epoch} {step} {' '.join(map(str, ids))}\n")
                 self.sample_log.flush()
-            if hasattr(ctx, "count_step"):
-                ctx.count_step()
+            ctx.count_step()
             meter.step(len(ids), tokens, metrics["loss"])
             self.position = {"epoch": epoch, "epoch_step": done, "step": step}
             self._log_step(metrics, step)
