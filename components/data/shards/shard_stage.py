@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 import ray
 import ray.data
 
+from components.data.shards.output_lease import OutputLease
 from components.data.shards.shard_reader import ShardSetError
 from components.data.shards.shard_source import InputReader, ShardBuilder, cut_shards
 from components.data.shards.shard_store import ShardStore
@@ -86,12 +87,27 @@ def _refuse_files_not_ours(store: ShardStore, location: str) -> None:
                             "move it away or write to another folder")
 
 
+class _FolderLock:
+    """What ``output_lock`` holds on a local folder: the OS keeps the lock until the process ends, so it cannot
+    be lost and there is nothing to check."""
+
+    def check(self) -> None:
+        pass
+
+
 @contextmanager
-def output_lock(store: ShardStore, location: str) -> Iterator[None]:
-    """One run at a time per local output folder: an OS lock that dies with its process, so a SIGKILLed run
-    never blocks its resume. (Object storage has no lock here yet.)"""
+def output_lock(store: ShardStore, location: str) -> Iterator[_FolderLock | OutputLease]:
+    """One run at a time per output folder; a second run is refused with ``ShardSetError``, and a SIGKILLed
+    run never blocks its resume.
+
+    A local folder: ``flock`` on ``.tvp.lock``, which the OS drops when the process dies. Object storage: the
+    lease object ``.tvp.lease`` (``output_lease.py``), renewed while the run lives and taken over once it has
+    expired (60 s after a killed run's last renewal). Call ``check()`` on what this yields before declaring
+    the set finished: it raises ``ShardSetError`` when the lease was lost to another run.
+    """
     if not store.is_local:
-        yield
+        with OutputLease(store, location) as lease:
+            yield lease
         return
     with open(store.path(LOCK_FILE), "a+") as f:
         try:
@@ -99,7 +115,7 @@ def output_lock(store: ShardStore, location: str) -> Iterator[None]:
         except BlockingIOError:
             raise ShardSetError(f"another run is writing {location} right now: wait for it, or write elsewhere") from None
         try:
-            yield
+            yield _FolderLock()
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
@@ -175,7 +191,7 @@ def build_shard_set(
     fingerprint = config_fingerprint(source, config)
     created = not store.exists()
     store.makedirs()
-    with output_lock(store, str(out_dir)):
+    with output_lock(store, str(out_dir)) as lock:
         done = completed_shards(store)
         _refuse_foreign(store, done, fingerprint, reader.input_name)
         # Unfinished shard files are this run's own when it planned them, or when the folder already is a set of
@@ -199,6 +215,7 @@ def build_shard_set(
                     on_shard_done(stats, finished, num_shards)
         if after_shards:
             after_shards(store)
+        lock.check()  # a run that lost its folder to another must not declare the set finished
         manifest = finalize_shard_set(store, source, config)
         store.delete_folder(INPUTS)
         return manifest
