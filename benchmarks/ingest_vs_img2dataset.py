@@ -71,6 +71,8 @@ MIN_SIDE, MAX_SIDE = 320, 1024
 SOURCE_QUALITY = 90
 IMAGE_SIZE, RESIZE_MODE, OUTPUT_QUALITY, ROWS_PER_SHARD = 256, "border", 95, 1000
 MIN_SUCCESS_FRACTION = 0.95
+SMALL_MIN, SMALL_MAX, SMALL_QUALITY = (160, 120), (320, 240), 85
+SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png")
 
 # --------------------------------------------------------------------------- images
 
@@ -97,7 +99,7 @@ def _init_generator() -> None:
             _canvases.append(ImageChops.add(canvas, Image.fromarray(grain), offset=-128))
 
 
-def _make_image(job: tuple[int, str]) -> int:
+def _make_large_image(job: tuple[int, str]) -> int:
     """Image ``index``: a random crop (320-1024 px a side, aspect 1:2 to 2:1), maybe flipped, colour-shifted."""
     index, folder = job
     rng = np.random.default_rng([SEED, index])
@@ -117,19 +119,68 @@ def _make_image(job: tuple[int, str]) -> int:
     return path.stat().st_size
 
 
-def ensure_images(cache_dir: Path, count: int, workers: int) -> Path:
-    """The ``count`` source images, made once into ``cache_dir`` (a completed folder is reused)."""
-    folder = cache_dir / f"images-v{GENERATOR_VERSION}-{count}"
+
+_photos: list[Image.Image] = []
+
+
+def _init_small_generator() -> None:
+    """Per worker: the real sample photos, unenlarged (scikit-learn's two and scikit-image's colour ones)."""
+    _photos.clear()
+    _photos.extend(real_photos())
+
+
+def _make_small_image(job: tuple[int, str]) -> int:
+    """Image ``index`` of the small profile: a random crop (40-100 % of a photo's sides) downscaled to
+    160-320 x 120-240 px, maybe flipped, JPEG quality 85: the thumbnails a large share of web images are."""
+    index, folder = job
+    rng = np.random.default_rng([SEED, 2, index])
+    photo = _photos[int(rng.integers(len(_photos)))]
+    width, height = int(rng.integers(SMALL_MIN[0], SMALL_MAX[0] + 1)), int(rng.integers(SMALL_MIN[1], SMALL_MAX[1] + 1))
+    crop_w = int(photo.width * rng.uniform(0.4, 1.0))
+    crop_h = int(min(photo.height, max(crop_w * height / width, 8)))
+    crop_w = int(min(photo.width, crop_h * width / height))
+    x, y = int(rng.integers(0, photo.width - crop_w + 1)), int(rng.integers(0, photo.height - crop_h + 1))
+    img = photo.crop((x, y, x + crop_w, y + crop_h)).resize((width, height), Image.Resampling.LANCZOS)
+    if rng.random() < 0.5:
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    path = Path(folder) / f"{index:06d}.jpg"
+    img.save(path, format="JPEG", quality=SMALL_QUALITY)
+    return path.stat().st_size
+
+
+def real_photos() -> list[Image.Image]:
+    """Colour photos that ship inside installed packages: scikit-learn's two and scikit-image's."""
+    import skimage
+    from sklearn.datasets import load_sample_images
+
+    photos = [Image.fromarray(a) for a in load_sample_images().images]
+    folder = Path(skimage.__file__).parent / "data"
+    photos += [Image.open(folder / name).convert("RGB") for name in SKIMAGE_PHOTOS]
+    return photos
+
+
+PROFILES = {  # name -> (initializer, maker, description)
+    "large": (_init_generator, _make_large_image, f"photo-like JPEGs of {MIN_SIDE}-{MAX_SIDE} px, quality {SOURCE_QUALITY}"),
+    "small": (_init_small_generator, _make_small_image,
+              f"real-photo JPEGs of {SMALL_MIN[0]}-{SMALL_MAX[0]} x {SMALL_MIN[1]}-{SMALL_MAX[1]} px, quality {SMALL_QUALITY}"),
+}
+
+
+def ensure_images(cache_dir: Path, profile: str, count: int, workers: int) -> Path:
+    """The ``count`` source images of ``profile``, made once into ``cache_dir`` (a completed folder is reused)."""
+    folder = cache_dir / (f"images-v{GENERATOR_VERSION}-{count}" if profile == "large"
+                          else f"images-{profile}-v{GENERATOR_VERSION}-{count}")
     if (folder / ".complete").exists():
-        print(f"images: reusing {count} images in {folder}")
+        print(f"images: reusing {count} {profile} images in {folder}")
         return folder
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     started = time.perf_counter()
-    with mp.get_context("fork").Pool(workers, initializer=_init_generator) as pool:
-        sizes = pool.map(_make_image, [(i, str(folder)) for i in range(count)], chunksize=64)
+    init, make, _ = PROFILES[profile]
+    with mp.get_context("fork").Pool(workers, initializer=init) as pool:
+        sizes = pool.map(make, [(i, str(folder)) for i in range(count)], chunksize=64)
     (folder / ".complete").write_text(json.dumps({"count": count, "bytes": sum(sizes)}))
-    print(f"images: made {count} JPEGs ({sum(sizes) / 1e6:.0f} MB, mean {sum(sizes) / count / 1e3:.0f} kB) "
+    print(f"images: made {count} {profile} JPEGs ({sum(sizes) / 1e6:.0f} MB, mean {sum(sizes) / count / 1e3:.0f} kB) "
           f"in {time.perf_counter() - started:.1f} s with {workers} processes into {folder}")
     return folder
 
@@ -364,10 +415,19 @@ def img2dataset_command(table: Path, out: Path, processes: int, threads: int) ->
 
 
 def tvp_command(table: Path, out: Path, processes: int, threads: int) -> list[str]:
+    """tvp with img2dataset's processes, threads and shard size."""
+    return [*tvp_defaults_command(table, out),
+            "--processes", str(processes), "--threads", str(threads), "--rows-per-shard", str(ROWS_PER_SHARD)]
+
+
+def tvp_defaults_command(table: Path, out: Path, processes: int = 0, threads: int = 0) -> list[str]:
+    """tvp as a new user runs it: its own defaults for processes, threads and shard size."""
     return [str(TVP), "ingest", "image-text", str(table), "--output", str(out),
             "--image-size", str(IMAGE_SIZE), "--resize-mode", RESIZE_MODE, "--jpeg-quality", str(OUTPUT_QUALITY),
-            "--processes", str(processes), "--threads", str(threads), "--rows-per-shard", str(ROWS_PER_SHARD),
             "--allow-address", "127.0.0.1"]
+
+
+COMMANDS = {"img2dataset": img2dataset_command, "tvp": tvp_command, "tvp-defaults": tvp_defaults_command}
 
 
 def img2dataset_counts(out: Path) -> tuple[int, dict]:
@@ -412,8 +472,7 @@ def run_round(tool: str, index: int, table: Path, total: int, workdir: Path, ser
               processes: int, threads: int) -> Round:
     out = workdir / f"out-{tool}-{index}"
     log = workdir / f"log-{tool}-{index}.txt"
-    make = img2dataset_command if tool == "img2dataset" else tvp_command
-    cmd = make(table, out, processes, threads)
+    cmd = COMMANDS[tool](table, out, processes, threads)
     if index == 1:
         print(f"  command: {' '.join(cmd)}")
     cpu_before = server.cpu_seconds()
@@ -426,7 +485,7 @@ def run_round(tool: str, index: int, table: Path, total: int, workdir: Path, ser
     in_tars, first_size = count_tar_images(out) if out.exists() else (0, None)
     r = Round(tool, index, wall, successes, total, failures, server_cpu, rc)
     failed = ", ".join(f"{k}: {v}" for k, v in sorted(failures.items(), key=lambda kv: -kv[1])[:5]) or "none"
-    print(f"  round {index} {tool:<11}: {successes}/{total} ok in {wall:6.1f} s = {r.rate:7.1f} images/s "
+    print(f"  round {index} {tool:<12}: {successes}/{total} ok in {wall:6.1f} s = {r.rate:7.1f} images/s "
           f"(tars hold {in_tars} jpg, first {first_size}; server CPU {server_cpu:.1f} s; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; failures: {failed})"
           + ("" if r.valid else "  ** INVALID **"), flush=True)
@@ -441,46 +500,25 @@ def run_round(tool: str, index: int, table: Path, total: int, workdir: Path, ser
     return r
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=20_000, help="distinct images in the table (default 20000)")
-    parser.add_argument("--processes", type=int, default=2, help="processes for each tool (default 2)")
-    parser.add_argument("--threads", type=int, default=16, help="download threads per process (default 16)")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds per tool, alternated (default 2)")
-    parser.add_argument("--only", choices=["img2dataset", "tvp"], help="run one side only (no RESULT line)")
-    parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "tvp-bench-ingest",
-                        help="where the generated images are kept between runs")
-    parser.add_argument("--server", choices=["auto", "nginx", "python"], default="auto",
-                        help="auto: nginx if it exists, else the Python server")
-    parser.add_argument("--nginx", default=DEFAULT_NGINX, help=f"the nginx binary (default {DEFAULT_NGINX})")
-    parser.add_argument("--server-processes", type=int, default=1, help="processes of the Python server (default 1)")
-    parser.add_argument("--keep", action="store_true", help="keep the work folder (table, logs)")
-    args = parser.parse_args()
-    tools = [args.only] if args.only else ["img2dataset", "tvp"]
-
-    if "img2dataset" in tools:
-        subprocess.run(["bash", str(I2D_ENV_SCRIPT)], check=True, stdout=subprocess.DEVNULL)
-    if "tvp" in tools and not TVP.exists():
-        print(f"error: {TVP} not found: install the project into .venv first", file=sys.stderr)
-        return 1
-
-    folder = ensure_images(args.cache_dir, args.images, max(1, os.cpu_count() or 1))
+def run_profile(profile: str, args: argparse.Namespace, tools: list[str]) -> list[Round]:
+    """Every round of every tool on one image profile, alternated, against one server."""
+    folder = ensure_images(args.cache_dir, profile, args.images, max(1, os.cpu_count() or 1))
     warm_page_cache(folder)
-    workdir = Path(tempfile.mkdtemp(prefix="tvp-bench-ingest-"))
+    workdir = Path(tempfile.mkdtemp(prefix=f"tvp-bench-ingest-{profile}-"))
     use_nginx = args.server == "nginx" or (args.server == "auto" and os.access(args.nginx, os.X_OK))
     server = start_nginx(args.nginx, folder, workdir) if use_nginx else start_python_server(folder, args.server_processes)
     rounds: list[Round] = []
     try:
         wait_until_serving(server, folder)
-        print(f"server: {server.kind} at {server.base_url}")
         table = workdir / "table.parquet"
         pq.write_table(pa.table({
             "url": [f"{server.base_url}/{i:06d}.jpg" for i in range(args.images)],
             "caption": [f"photo number {i}" for i in range(args.images)],
         }), table)
-        print(f"table: {table} ({args.images} rows); {args.processes} processes x {args.threads} threads per tool, "
-              f"{IMAGE_SIZE} px {RESIZE_MODE}, JPEG {OUTPUT_QUALITY}, {ROWS_PER_SHARD} rows per shard, "
-              f"{os.cpu_count()} CPUs")
+        print(f"profile {profile}: {PROFILES[profile][2]}; server {server.kind} at {server.base_url}; "
+              f"{args.images} rows; img2dataset and tvp: {args.processes} processes x {args.threads} threads, "
+              f"{ROWS_PER_SHARD} rows per shard; tvp-defaults: tvp's own; {IMAGE_SIZE} px {RESIZE_MODE}, "
+              f"JPEG {OUTPUT_QUALITY}, {os.cpu_count()} CPUs", flush=True)
         for index in range(1, args.rounds + 1):
             for tool in tools:
                 rounds.append(run_round(tool, index, table, args.images, workdir, server, args.processes, args.threads))
@@ -490,21 +528,57 @@ def main() -> int:
             print(f"work folder kept: {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+    return rounds
 
-    medians = {}
-    for tool in tools:
-        valid = [r.rate for r in rounds if r.tool == tool and r.valid]
-        if valid:
-            medians[tool] = statistics.median(valid)
-            print(f"{tool}: median {medians[tool]:.1f} images/s over {len(valid)} valid round(s)")
-        else:
-            print(f"{tool}: no valid round (exit code non-zero or under {MIN_SUCCESS_FRACTION:.0%} of images stored)")
-    if args.only:
-        return 0 if medians else 1
-    if len(medians) < 2:
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=20_000, help="distinct images in each table (default 20000)")
+    parser.add_argument("--profile", choices=["large", "small", "both"], default="both",
+                        help="image profile: large (320-1024 px), small (320x240 and below) or both (default)")
+    parser.add_argument("--processes", type=int, default=2, help="processes for img2dataset and tvp (default 2)")
+    parser.add_argument("--threads", type=int, default=32, help="download threads per process (default 32)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds per tool and profile, alternated (default 2)")
+    parser.add_argument("--only", choices=sorted(COMMANDS), action="append",
+                        help="run only these sides (repeatable; no RESULT line without img2dataset and a tvp side)")
+    parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "tvp-bench-ingest",
+                        help="where the generated images are kept between runs")
+    parser.add_argument("--server", choices=["auto", "nginx", "python"], default="auto",
+                        help="auto: nginx if it exists, else the Python server")
+    parser.add_argument("--nginx", default=DEFAULT_NGINX, help=f"the nginx binary (default {DEFAULT_NGINX})")
+    parser.add_argument("--server-processes", type=int, default=1, help="processes of the Python server (default 1)")
+    parser.add_argument("--keep", action="store_true", help="keep the work folders (table, logs)")
+    args = parser.parse_args()
+    tools = args.only or list(COMMANDS)
+    profiles = ["large", "small"] if args.profile == "both" else [args.profile]
+
+    if "img2dataset" in tools:
+        subprocess.run(["bash", str(I2D_ENV_SCRIPT)], check=True, stdout=subprocess.DEVNULL)
+    if any(t.startswith("tvp") for t in tools) and not TVP.exists():
+        print(f"error: {TVP} not found: install the project into .venv first", file=sys.stderr)
         return 1
-    tvp, ref = medians["tvp"], medians["img2dataset"]
-    print(f"RESULT metric=images_per_s tvp={tvp:.1f} reference={ref:.1f} ratio={tvp / ref:.3f} better=higher")
+
+    medians: dict[tuple[str, str], float] = {}
+    for profile in profiles:
+        rounds = run_profile(profile, args, tools)
+        for tool in tools:
+            valid = [r.rate for r in rounds if r.tool == tool and r.valid]
+            if valid:
+                medians[profile, tool] = statistics.median(valid)
+                print(f"{profile} {tool}: median {medians[profile, tool]:.1f} images/s over {len(valid)} valid round(s) "
+                      f"(all rounds: {', '.join(f'{r.rate:.1f}' for r in rounds if r.tool == tool)})")
+            else:
+                print(f"{profile} {tool}: no valid round (exit code non-zero or under {MIN_SUCCESS_FRACTION:.0%} stored)")
+    ratios = {(p, t): medians[p, t] / medians[p, "img2dataset"]
+              for p in profiles for t in tools if t != "img2dataset" and (p, t) in medians and (p, "img2dataset") in medians}
+    for (profile, tool), ratio in ratios.items():
+        print(f"{profile} {tool} / img2dataset: {ratio:.3f}")
+    wanted = len(profiles) * len([t for t in tools if t != "img2dataset"])
+    if not ratios or len(ratios) < wanted:
+        return 0 if args.only and medians else 1
+    (profile, tool), ratio = min(ratios.items(), key=lambda kv: kv[1])  # the result is the weakest case
+    print(f"RESULT metric=images_per_s_{profile}_{tool.replace('-', '_')} tvp={medians[profile, tool]:.1f} "
+          f"reference={medians[profile, 'img2dataset']:.1f} ratio={ratio:.3f} better=higher")
     return 0
 
 
