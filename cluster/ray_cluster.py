@@ -68,6 +68,8 @@ def start_local(num_cpus: int | None = None, dashboard: bool = True) -> None:
     # Ray announces on stderr that it enabled token authentication for the new instance (it stays enabled);
     # the CLI's stderr is for its own one-line errors.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    # No usage reports from an instance tvp starts for itself (and no reporter thread beside the work).
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # The dashboard serves the state API that Ray Train's placement-group cleaner polls; it listens on
     # loopback only. Jobs without Ray Train (ingestion) start a few seconds sooner without it.
     ray.init(

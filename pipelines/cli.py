@@ -128,6 +128,9 @@ def _build_parser() -> argparse.ArgumentParser:
                       help="shards processed at once (default: the Ray cluster's CPUs)")
     work.add_argument("--threads", type=int, default=defaults.THREADS,
                       help="rows fetched and processed at once per shard (default: %(default)s)")
+    work.add_argument("--decode-budget-mb", type=int, default=defaults.DECODE_BUDGET_MB,
+                      help="memory for decoded pixels per shard task, in MB; images wait for room, so a task's "
+                           "peak stays near it (default: %(default)s)")
     _add_address(image_text)
 
     inspect = commands.add_parser(
@@ -357,7 +360,7 @@ def _ingest(args: argparse.Namespace) -> None:
     from components.data.ingest.url_fetcher import DEFAULT_USER_AGENT, FetchConfig
     from components.data.ingest.url_table import TableSpec, iter_row_batches
 
-    for flag in ("rows_per_shard", "image_size", "threads", "timeout", "max_pixels", "max_bytes"):
+    for flag in ("rows_per_shard", "image_size", "threads", "timeout", "max_pixels", "max_bytes", "decode_budget_mb"):
         if getattr(args, flag) <= 0:
             raise _usage_error(f"--{flag.replace('_', '-')} must be positive")
     names = tuple(n.strip() for n in args.column_names.split(",")) if args.column_names else None
@@ -374,7 +377,8 @@ def _ingest(args: argparse.Namespace) -> None:
         missing = [r for r in roots if not Path(r).is_dir()]
         if missing:
             raise _usage_error(f"--allow-local-root {missing[0]} is not a folder")
-        cfg = IngestConfig(image, fetch, args.threads, args.min_caption_length, args.max_caption_length, roots)
+        cfg = IngestConfig(image, fetch, args.threads, args.min_caption_length, args.max_caption_length, roots,
+                           args.decode_budget_mb)
         AddressGuard(fetch.allowed_addresses)  # a malformed --allow-address fails here, not in every task
     except (ValueError, ValidationError) as exc:
         raise _usage_error(str(exc).splitlines()[0]) from exc
@@ -382,7 +386,9 @@ def _ingest(args: argparse.Namespace) -> None:
     from cluster.ray_cluster import connect
     from pipelines.ingest_image_text import ingest_image_text
 
-    connect(args.address, dashboard=False)
+    # A local Ray for ingestion alone gets one logical CPU per core (training's oversubscription is for its
+    # data readers): the default --processes is then one shard task per core, and fewer idle workers start.
+    connect(args.address, num_cpus=os.cpu_count() or 1, dashboard=False)
     ingest_image_text(spec, args.output, cfg, args.rows_per_shard, args.processes, not args.no_dedup)
 
 

@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from components.data.ingest import ingest_defaults as defaults
 from components.data.ingest.caption_filter import check_caption
+from components.data.ingest.decode_budget import DecodeBudget
 from components.data.ingest.image_processing import ImageConfig, ImageError, process_image
 from components.data.ingest.json_values import clean_text, json_fields
 from components.data.ingest.local_files import LocalFiles
@@ -40,6 +41,8 @@ class IngestConfig:
     max_caption_length: int | None = defaults.MAX_CAPTION_LENGTH
     # Folders (every node sees them) whose files image locations may name, besides a local table's own folder.
     local_roots: tuple[str, ...] = ()
+    # Memory for decoded pixels held at once by one task's threads (decode_budget.py); bounds a task's peak.
+    decode_budget_mb: int = defaults.DECODE_BUDGET_MB
 
     __pydantic_config__: ClassVar[dict] = {"extra": "forbid"}
 
@@ -67,7 +70,8 @@ def read_image(url: str, fetcher: UrlFetcher, local: LocalFiles) -> bytes:
     return local.read(url)
 
 
-def _sample(row: dict[str, Any], key: str, fetcher: UrlFetcher, local: LocalFiles, cfg: IngestConfig) -> dict:
+def _sample(row: dict[str, Any], key: str, fetcher: UrlFetcher, local: LocalFiles, cfg: IngestConfig,
+            budget: DecodeBudget) -> dict:
     url = row["url"]
     if not isinstance(url, str) or not url.strip():
         raise ImageError("missing_url", "row has no image location")
@@ -75,7 +79,7 @@ def _sample(row: dict[str, Any], key: str, fetcher: UrlFetcher, local: LocalFile
         raise ImageError("invalid_url", "the image location holds control characters")
     caption = check_caption(row["caption"], cfg.min_caption_length, cfg.max_caption_length)
     data = read_image(url.strip(), fetcher, local)
-    jpg, width, height = process_image(data, cfg.image)
+    jpg, width, height = process_image(data, cfg.image, budget)
     meta = json_fields({k: v for k, v in row.items() if k not in ("url", "caption")})
     meta.update(key=key, url=clean_text(url), caption=caption, sha256=hashlib.sha256(data).hexdigest(),
                 original_width=width, original_height=height)
@@ -139,6 +143,7 @@ def build_image_text_shard(
     started = time.monotonic()
     fetcher = fetcher or UrlFetcher(cfg.fetch)
     local = local_files(cfg, base_dir)
+    budget = DecodeBudget(cfg.decode_budget_mb * 1024 * 1024)
     inputs = rows.to_pylist()
     log = _RowLog()
 
@@ -146,7 +151,7 @@ def build_image_text_shard(
         offset, row = item
         key = row_key(first_row + offset)
         try:
-            return key, _sample(row, key, fetcher, local, cfg)
+            return key, _sample(row, key, fetcher, local, cfg, budget)
         except ImageError as exc:
             return key, exc
         except Exception as exc:  # no row may fail its shard: the unexpected is that row's failure

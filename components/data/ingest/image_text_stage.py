@@ -67,6 +67,7 @@ def shard_image_text_table(
     """
     config = {**asdict(cfg), "dedup": dedup}
     config.pop("threads")  # how fast, not what
+    config.pop("decode_budget_mb")  # how much memory, not what
     if not config["local_roots"]:
         config.pop("local_roots")  # sets made before the setting existed keep their fingerprint
     return build_shard_set(

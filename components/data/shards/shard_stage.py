@@ -33,7 +33,6 @@ from typing import Any, Callable, Iterator
 
 import pyarrow.parquet as pq
 import ray
-import ray.data
 
 from components.data.shards.output_lease import OutputLease
 from components.data.shards.shard_reader import ShardSetError
@@ -145,23 +144,33 @@ def write_planned_shard(store: ShardStore, shard_id: int, first_row: int, build:
     return write_shard(store, shard_id, content.samples, lambda: {**content.stats(), **lineage}, rows=content.rows)
 
 
-def _shard_task(item: dict[str, Any], location: str, build: ShardBuilder, fingerprint: str) -> dict[str, str]:
+def _shard_task(item: dict[str, int], location: str, build: ShardBuilder, fingerprint: str) -> dict[str, Any]:
     lineage = {"config_fingerprint": fingerprint, "node_id": ray.get_runtime_context().get_node_id()}
-    stats = write_planned_shard(ShardStore(location), int(item["shard_id"]), int(item["first_row"]), build, lineage)
-    # Stats hold dicts whose keys vary by shard (error counts): pass JSON, not an Arrow struct.
-    return {"stats": json.dumps(stats)}
+    return write_planned_shard(ShardStore(location), item["shard_id"], item["first_row"], build, lineage)
 
 
 def _run_tasks(pending: list[dict[str, int]], store: ShardStore, build: ShardBuilder, fingerprint: str,
                processes: int | None) -> Iterator[dict[str, Any]]:
-    """Stats of each pending shard as its Ray task completes."""
-    processes = processes or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    dataset = ray.data.from_items(pending, override_num_blocks=len(pending)).map(
-        _shard_task, compute=ray.data.TaskPoolStrategy(size=min(processes, len(pending))),
-        fn_kwargs={"location": store.location, "build": build, "fingerprint": fingerprint},
-    )
-    for row in dataset.iter_rows():
-        yield json.loads(row["stats"])
+    """Stats of each pending shard as its Ray task completes, at most ``processes`` tasks at a time.
+
+    Plain Ray tasks, not a Ray Data pipeline: a shard is one independent task with a small result, and Ray
+    Data's executor, stats and autoscaling actors cost seconds of start-up and CPU beside the work
+    (``benchmarks/README.md``, ingestion start-up).
+    """
+    processes = max(1, processes or int(ray.cluster_resources().get("CPU", 1)))
+    task = ray.remote(_shard_task).options(num_cpus=1, max_retries=3)
+    build_ref = ray.put(build)  # shipped once, not with every task
+    waiting = list(reversed(pending))
+    running: list[ray.ObjectRef] = []
+    try:
+        while waiting or running:
+            while waiting and len(running) < processes:
+                running.append(task.remote(waiting.pop(), store.location, build_ref, fingerprint))
+            finished, running = ray.wait(running, num_returns=1)
+            yield ray.get(finished[0])
+    finally:
+        for ref in running:  # an error or an interrupt: stop the shards still running
+            ray.cancel(ref, force=True)
 
 
 def build_shard_set(
