@@ -302,9 +302,8 @@ def process_image(data: bytes, cfg: ImageConfig, budget: DecodeBudget | None = N
     decoded only once their share of it is free.
     """
     img = open_image(data, cfg.max_pixels)
-    orientation = _orientation(img)
-    width, height = (img.height, img.width) if orientation in (5, 6, 7, 8) else img.size
-    check_size(width, height, cfg)  # before decoding: a refused image costs only its header
+    width, height = img.size  # as stored (a reduced decode below shrinks img.size)
+    check_size(width, height, cfg)  # before decoding: a refused image costs only its header; turning changes nothing
     # Every plan scales both axes alike and keeps the middle, so planning in the stored orientation and
     # turning the result upright gives what planning upright would.
     plan = resize_plan(img.width, img.height, cfg.image_size, cfg.resize_mode)
@@ -312,6 +311,11 @@ def process_image(data: bytes, cfg: ImageConfig, budget: DecodeBudget | None = N
         pixels, area = _decode_jpeg(data, img, plan, budget)
     else:  # CMYK and cut JPEGs too: Pillow converts CMYK right and refuses a truncated file
         pixels, area = _decode_other(img, plan, budget)
+    # Read only now: to find EXIF (which may follow the pixels) Pillow decodes a whole PNG, which before
+    # decoding would happen outside the budget, in every thread at once.
+    orientation = _orientation(img)
+    if orientation in (5, 6, 7, 8):
+        width, height = height, width
     if plan is not None:
         pixels = _resample_pixels(pixels, plan[0], area)
     pixels = _upright(pixels, orientation)
