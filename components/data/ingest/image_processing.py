@@ -116,7 +116,9 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         return img
     if img.mode.startswith("I;16") or img.mode == "I":  # 16-bit grey: keep the high byte (convert would clip)
         wide = np.asarray(img)
-        return Image.fromarray((wide >> 8 if wide.max() > 255 else wide).astype(np.uint8)).convert("RGB")
+        # I;16 is 16-bit by definition; 32-bit "I" may hold 8-bit values (then kept as they are).
+        shift = img.mode.startswith("I;16") or wide.max() > 255
+        return Image.fromarray((wide >> 8 if shift else wide).astype(np.uint8)).convert("RGB")
     if "A" in img.mode or "transparency" in img.info:
         rgba = img if img.mode == "RGBA" else img.convert("RGBA")
         canvas = Image.new("RGB", rgba.size, _BACKGROUND)
@@ -269,25 +271,17 @@ _CV2_JPEG_FLAGS = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IM
                    8: cv2.IMREAD_REDUCED_COLOR_8}
 
 
-def _decode_jpeg(data: bytes, img: Image.Image, plan, budget: DecodeBudget | None) -> tuple[np.ndarray, Box | None]:
+def _decode_jpeg(data: bytes, factor: int) -> np.ndarray:
     """A JPEG through OpenCV (img2dataset's decoder, about twice as fast as Pillow's into an array): BGR."""
-    factor = 1 if plan is None else _dct_factor(img, *plan)
-    height, width = math.ceil(img.height / factor), math.ceil(img.width / factor)
-    with budget.hold(width * height * 3) if budget else nullcontext():
-        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), _CV2_JPEG_FLAGS[factor] | cv2.IMREAD_IGNORE_ORIENTATION)
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), _CV2_JPEG_FLAGS[factor] | cv2.IMREAD_IGNORE_ORIENTATION)
     if pixels is None or pixels.ndim != 3:
         raise ImageError("decode", "cannot decode image: OpenCV could not decode this JPEG")
-    area = None if plan is None else tuple(v / factor for v in plan[1])
-    return pixels, area
+    return pixels
 
 
-def _decode_other(img: Image.Image, plan, budget: DecodeBudget | None) -> tuple[np.ndarray, Box | None]:
+def _decode_other(img: Image.Image) -> np.ndarray:
     """Any accepted image through Pillow (modes, palettes, transparency, 16 bits): BGR."""
-    area = None
-    if plan is not None:
-        area = _draft(img, (plan[0][0] * DCT_HEADROOM, plan[0][1] * DCT_HEADROOM), plan[1])
-    with budget.hold(_decoded_bytes(img)) if budget else nullcontext():
-        return cv2.cvtColor(np.asarray(_load_rgb(img)), cv2.COLOR_RGB2BGR), area
+    return cv2.cvtColor(np.asarray(_load_rgb(img)), cv2.COLOR_RGB2BGR)
 
 
 def _decoded_bytes(img: Image.Image) -> int:
@@ -307,17 +301,25 @@ def process_image(data: bytes, cfg: ImageConfig, budget: DecodeBudget | None = N
     # Every plan scales both axes alike and keeps the middle, so planning in the stored orientation and
     # turning the result upright gives what planning upright would.
     plan = resize_plan(img.width, img.height, cfg.image_size, cfg.resize_mode)
-    if img.format in ("JPEG", "MPO") and img.mode in ("RGB", "L") and _jpeg_is_whole(data):
-        pixels, area = _decode_jpeg(data, img, plan, budget)
-    else:  # CMYK and cut JPEGs too: Pillow converts CMYK right and refuses a truncated file
-        pixels, area = _decode_other(img, plan, budget)
-    # Read only now: to find EXIF (which may follow the pixels) Pillow decodes a whole PNG, which before
-    # decoding would happen outside the budget, in every thread at once.
-    orientation = _orientation(img)
+    # CMYK and cut JPEGs go through Pillow: it converts CMYK right and refuses a truncated file.
+    through_opencv = img.format in ("JPEG", "MPO") and img.mode in ("RGB", "L") and _jpeg_is_whole(data)
+    if through_opencv:
+        factor = 1 if plan is None else _dct_factor(img, *plan)
+        area = None if plan is None else tuple(v / factor for v in plan[1])
+        cost = math.ceil(img.width / factor) * math.ceil(img.height / factor) * 3
+    else:
+        area = None if plan is None else _draft(img, (plan[0][0] * DCT_HEADROOM, plan[0][1] * DCT_HEADROOM), plan[1])
+        cost = _decoded_bytes(img)
+    # The share is held until the full-size pixels are gone (resampled to the output size).
+    with budget.hold(cost) if budget else nullcontext():
+        pixels = _decode_jpeg(data, factor) if through_opencv else _decode_other(img)
+        # Read only now: to find EXIF (which may follow the pixels) Pillow decodes a whole PNG, which before
+        # decoding would happen outside the budget, in every thread at once.
+        orientation = _orientation(img)
+        if plan is not None:
+            pixels = _resample_pixels(pixels, plan[0], area)
     if orientation in (5, 6, 7, 8):
         width, height = height, width
-    if plan is not None:
-        pixels = _resample_pixels(pixels, plan[0], area)
     pixels = _upright(pixels, orientation)
     if plan is not None and cfg.resize_mode == "border":
         pixels = _pad_pixels(pixels, cfg.image_size)
