@@ -1,7 +1,7 @@
 """A shard task's memory stays near its decode budget, whatever its thread count.
 
 32 threads building one shard of large PNGs with alpha would each hold about 60 MB of decoded pixels at once
-(2500 x 2000 pixels at ~12 bytes on the way to a thumbnail: about 1.9 GB for 32 threads); the decode budget
+(2500 x 2000 pixels at ~14 bytes on the way to a thumbnail: about 2.2 GB for 32 threads); the decode budget
 (``decode_budget.py``) lets only as many decode at a time as fit. The shard is built in a fresh Python process
 that measures its own resident memory (psutil, sampled every 5 ms, and the kernel's high-water mark), so that
 nothing the test runner allocated before counts.
@@ -27,13 +27,14 @@ ROWS = 32
 PICTURES = 2  # distinct files; rows take turns between them
 SIDE = (2500, 2000)  # 5 megapixels: ~60 MB decoded on the way, ~1 MB as a smooth PNG
 BUDGET_MB = 200  # about three pictures decoding at once
-# What the process may grow by beyond its budget. The budget is an estimate held while pixels are decoded: after
-# its share is released an image keeps its decoded pixels (~35 MB here) until resampled, Pillow's PNG path
-# needs a little more than the 12 bytes a pixel it is charged, and glibc keeps some freed pages between trims
+# What the process may grow by beyond its budget. The budget is an estimate held while full-size pixels exist
+# (decoded, converted, resampled away; Pillow's copy closed), Pillow's PNG path may need a little more than the
+# 14 bytes a pixel it is charged, and glibc keeps some freed pages between trims
 # (decode_budget.py). Measured on a 2-core machine over 20 runs: 284-411 MB of growth with the 200 MB budget;
 # 1020-1480 MB without one (all 32 threads decode at once); 720-880 MB with the budget before two fixes (a PNG's
 # EXIF orientation was read by decoding the whole PNG outside the budget; each thread's glibc arena kept its
-# freed pixels).
+# freed pixels). One CI run under full load grew by 1030 MB: Pillow's decoded copy of each PNG outlived the
+# budget share until the function returned, so threads waiting to encode held 20 MB each; it is closed now.
 MARGIN_MB = 250
 UNBOUNDED_MB = 100_000  # a budget that never binds: every thread decodes as soon as it can
 

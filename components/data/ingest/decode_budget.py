@@ -2,7 +2,7 @@
 
 A shard fetches and processes up to 32 rows at once. Compressed images are
 small; their decoded pixels are not (a 24-megapixel PNG with alpha needs
-about 290 MB on the way to a thumbnail). Each image holds its estimated share
+about 340 MB on the way to a thumbnail). Each image holds its estimated share
 of the budget while its full-size pixels exist, and waits while the budget is
 spent, so peak memory stays near the budget whatever the thread count. An
 image larger than the whole budget waits until it can run alone.

@@ -53,9 +53,10 @@ DCT_HEADROOM = 8  # decode JPEGs at a reduced scale only while this many times t
 _BACKGROUND = (255, 255, 255)  # transparent pixels become white, as img2dataset does
 _PADDING = (0, 0, 0)  # black in any channel order
 # Bytes held per decoded pixel on the way to the thumbnail: Pillow keeps RGB in 4 bytes, the array for OpenCV
-# is 3; a mode that needs converting (alpha, palette, CMYK, grey, 16-bit) adds another 4-byte image.
-_BYTES_PER_PIXEL_RGB = 7
-_BYTES_PER_PIXEL_CONVERTED = 12
+# is 3 and OpenCV's channel swap 3 more; a mode that needs converting (alpha, palette, CMYK, grey, 16-bit)
+# adds another 4-byte image.
+_BYTES_PER_PIXEL_RGB = 10
+_BYTES_PER_PIXEL_CONVERTED = 14
 
 Image.init()  # registers every plugin, so that Image.open(formats=...) knows them all
 cv2.setNumThreads(1)  # parallelism comes from the rows processed at once; OpenCV's own pool would oversubscribe
@@ -316,6 +317,7 @@ def process_image(data: bytes, cfg: ImageConfig, budget: DecodeBudget | None = N
         # Read only now: to find EXIF (which may follow the pixels) Pillow decodes a whole PNG, which before
         # decoding would happen outside the budget, in every thread at once.
         orientation = _orientation(img)
+        img.close()  # Pillow's decoded copy too must be gone when the share is handed back
         if plan is not None:
             pixels = _resample_pixels(pixels, plan[0], area)
     if orientation in (5, 6, 7, 8):

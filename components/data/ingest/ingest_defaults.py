@@ -20,7 +20,7 @@ ResizeMode = Literal["no", "border", "keep_ratio", "keep_ratio_largest", "center
 IMAGE_SIZE = 256  # the README's size (img2dataset's too); presets such as tiny.yaml set their own
 RESIZE_MODE: ResizeMode = "border"
 JPEG_QUALITY = 95
-MAX_PIXELS = 64_000_000  # at most ~12 bytes a pixel on the way (image_processing.py): fits DECODE_BUDGET_MB alone
+MAX_PIXELS = 64_000_000  # at most 14 bytes a pixel on the way (image_processing.py): fits DECODE_BUDGET_MB alone
 MIN_IMAGE_SIZE = 1
 MAX_ASPECT_RATIO = 0.0  # 0 = off
 
@@ -31,7 +31,7 @@ MAX_BYTES = 32 * 1024 * 1024  # one limit for downloads and local files
 
 # IngestConfig
 THREADS = 32
-DECODE_BUDGET_MB = 768  # decoded pixels held at once by one shard task's threads (decode_budget.py)
+DECODE_BUDGET_MB = 1024  # decoded pixels held at once by one shard task's threads (decode_budget.py)
 MIN_CAPTION_LENGTH = 1
 MAX_CAPTION_LENGTH: int | None = None  # no limit
 
