@@ -60,13 +60,14 @@ def wait_for_head(address: str, env: dict, timeout_s: float = 60) -> None:
         time.sleep(0.5)
 
 
-def run_once(side: str, table: Path, workdir: Path, index: int, address: str | None) -> tuple[float, float | None]:
+def run_once(side: str, table: Path, workdir: Path, index: int, address: str | None,
+             base_env: dict) -> tuple[float, float | None]:
     out = workdir / f"out-{side}-{index}"
     if side == "img2dataset":
         cmd = bench.img2dataset_command(table, out, 1, 16)
     else:
         cmd = bench.tvp_defaults_command(table, out) + (["--address", address] if side == "tvp-attached" else [])
-    env = bench.child_env()
+    env = dict(base_env)
     env.pop("RAY_ADDRESS", None)
     started = time.perf_counter()
     thread, seen = first_stats_watcher(out, started)
@@ -91,7 +92,9 @@ def main() -> int:
     use_nginx = os.access(bench.DEFAULT_NGINX, os.X_OK)
     server = bench.start_nginx(bench.DEFAULT_NGINX, folder, workdir) if use_nginx else bench.start_python_server(folder, 1)
     ray_dir = workdir / "ray"
-    env = {**bench.child_env(), "RAY_USAGE_STATS_ENABLED": "0"}
+    # The head and the attached driver share a token (Ray's token authentication, on by default for a new head).
+    env = {**bench.child_env(), "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": os.urandom(16).hex()}
     ray_start = [str(RAY), "start", "--head", "--port", str(bench._free_port()), "--num-cpus", str(os.cpu_count() or 1),
                  "--include-dashboard", "false", "--node-ip-address", "127.0.0.1", f"--temp-dir={ray_dir}"]
     head = None
@@ -110,7 +113,8 @@ def main() -> int:
         print(f"ray start --head: {time.perf_counter() - started:.1f} s (once, before the attached rounds)")
         for index in range(1, args.rounds + 1):
             for side in results:
-                total, first = run_once(side, table, workdir, index, address)
+                total, first = run_once(side, table, workdir, index, address,
+                                        env if side == "tvp-attached" else bench.child_env())
                 results[side].append((total, first))
                 first_text = f"first shard {first:5.2f} s" if first is not None else "first shard -"
                 print(f"  round {index} {side:<13}: {first_text}, exit {total:5.2f} s", flush=True)
