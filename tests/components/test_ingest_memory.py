@@ -10,7 +10,6 @@ nothing the test runner allocated before counts.
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 import threading
@@ -33,8 +32,7 @@ BUDGET_MB = 200  # about three pictures decoding at once
 # (decode_budget.py). Measured on a 2-core machine over 20 runs: 284-411 MB of growth with the 200 MB budget;
 # 1020-1480 MB without one (all 32 threads decode at once); 720-880 MB with the budget before two fixes (a PNG's
 # EXIF orientation was read by decoding the whole PNG outside the budget; each thread's glibc arena kept its
-# freed pixels). One CI run under full load grew by 1030 MB: Pillow's decoded copy of each PNG outlived the
-# budget share until the function returned, so threads waiting to encode held 20 MB each; it is closed now.
+# freed pixels).
 MARGIN_MB = 250
 UNBOUNDED_MB = 100_000  # a budget that never binds: every thread decodes as soon as it can
 
@@ -51,6 +49,14 @@ def write_pictures(folder: Path) -> list[str]:
         names.append(f"picture{i}.png")
         Image.fromarray(rgba, "RGBA").save(folder / names[-1], compress_level=1)
     return names
+
+
+def _high_water_bytes() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    return 0
 
 
 def measure(folder: str, budget_mb: int) -> dict:
@@ -82,8 +88,9 @@ def measure(folder: str, budget_mb: int) -> dict:
     seconds = time.monotonic() - started
     done.set()
     sampler.join()
-    high_water = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    peak = max(peak, high_water)
+    # The kernel's high-water mark of this process's memory (VmHWM). Not getrusage's ru_maxrss: Linux carries
+    # that across exec from the forked parent, so inside a long pytest run it reported pytest's own ~1.1 GB.
+    peak = max(peak, _high_water_bytes())
     mb = 1024 * 1024
     return {"baseline_mb": baseline / mb, "peak_mb": peak / mb, "growth_mb": (peak - baseline) / mb,
             "samples": samples, "stats": content.stats(), "seconds": seconds}
