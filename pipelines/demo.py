@@ -37,7 +37,7 @@ def run_demo(
     tables = build_digits_tables(work / "source", cfg.data.source_size, cfg.data.heldout_fraction, cfg.data.seed)
     echo(f"  {tables.num_train} training rows, {tables.num_heldout} held-out rows in {work / 'source'}")
 
-    echo("[2/3] sharding with Ray Data (decode, validate, resize, write WebDataset)")
+    echo("[2/3] sharding in Ray tasks (decode, validate, resize, write WebDataset)")
     shards = {split: work / "shards" / split for split in ("train", "heldout")}
     ingest = IngestConfig(image=cfg.data.image)
     train_manifest = ingest_image_text(TableSpec(str(tables.train)), shards["train"], ingest, cfg.data.rows_per_shard,

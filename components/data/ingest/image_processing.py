@@ -168,12 +168,6 @@ def resize_plan(width: int, height: int, size: int, mode: ResizeMode) -> tuple[t
     return (max(1, round(width * scale)), max(1, round(height * scale))), (0, 0, width, height)
 
 
-def _pad(img: Image.Image, size: int) -> Image.Image:
-    # A crop reaching past the edges fills with black: padding in one step.
-    left, top = (size - img.width) // 2, (size - img.height) // 2
-    return img.crop((-left, -top, size - left, size - top))
-
-
 def _resample_pixels(pixels: np.ndarray, out: tuple[int, int], area: Box) -> np.ndarray:
     """``area`` of ``pixels`` (H x W x 3) resized to ``out``: area averaging to shrink, Lanczos to enlarge.
 
@@ -190,15 +184,13 @@ def _resample_pixels(pixels: np.ndarray, out: tuple[int, int], area: Box) -> np.
     return cv2.resize(region, out, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LANCZOS4)
 
 
-def _resample(img: Image.Image, out: tuple[int, int], area: Box, size: int, mode: ResizeMode) -> Image.Image:
-    resized = Image.fromarray(_resample_pixels(np.asarray(img), out, area))
-    return _pad(resized, size) if mode == "border" else resized
-
-
 def resize_image(img: Image.Image, size: int, mode: ResizeMode) -> Image.Image:
     """Resize a decoded RGB image by ``mode``: a ``size`` square (border, center_crop) or one side ``size``."""
     plan = resize_plan(img.width, img.height, size, mode)
-    return img if plan is None else _resample(img, *plan, size, mode)
+    if plan is None:
+        return img
+    pixels = _resample_pixels(np.asarray(img), *plan)
+    return Image.fromarray(_pad_pixels(pixels, size) if mode == "border" else pixels)
 
 
 def _draft(img: Image.Image, out: tuple[int, int], area: Box) -> Box:
