@@ -38,9 +38,7 @@ from components.tasks.clip import TOKENIZER_FILE, ClipTask, ClipTaskConfig
 from components.training.harness import train_in_processes
 from tests.conftest import CLUSTER_ENV, REPO, create_bucket
 
-# 5 epochs: with 3, on a quiet machine the run once finished during the preemption drill (driver exit 0 before the
-# restart could be seen).
-EPOCHS, SHARDS, ROWS_PER_SHARD, MICRO, CHECKPOINT_EVERY = 5, 8, 64, 16, 4
+EPOCHS, SHARDS, ROWS_PER_SHARD, MICRO, CHECKPOINT_EVERY = 3, 8, 64, 16, 4
 STEPS_PER_EPOCH = (SHARDS // 2) * ROWS_PER_SHARD // MICRO  # per rank: 4 shards of 64 samples, 16 per step
 BUCKET = "tvp-runs"
 # Ray Train collects reports when it polls the workers; polling often narrows the window in which a
