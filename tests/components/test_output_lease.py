@@ -160,6 +160,20 @@ def test_check_sees_a_takeover_before_the_next_renewal(s3):
     store.delete(LEASE_FILE)
 
 
+def test_a_lease_missing_at_one_look_but_back_at_the_next_is_still_held(s3):
+    store = ShardStore(f"s3://{BUCKET}/blinked")
+    with OutputLease(store, store.location, ttl_s=30, settle_s=0.5) as ours:
+        ours_now = store.read_bytes(LEASE_FILE)
+        store.delete(LEASE_FILE)  # as a store answering mid-replacement may show it, for a moment
+        back = threading.Timer(0.1, store.write_bytes, (LEASE_FILE, ours_now))
+        back.start()
+        ours.check()  # looks again after settle_s and finds it
+        back.join()
+        store.delete(LEASE_FILE)  # now gone for good: both looks miss it
+        with pytest.raises(ShardSetError, match="someone took over this run's lease"):
+            ours.check()
+
+
 def worker_visible(s3_env: dict[str, str], path: str) -> str:
     """``s3://path`` with the endpoint and keys in the URI: the Ray workers of the session's head were started
     before this test pointed AWS_ENDPOINT_URL at moto, so they find the server through the URI (pyarrow's

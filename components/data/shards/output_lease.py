@@ -87,10 +87,7 @@ class OutputLease:
     def check(self) -> None:
         """Raise ``ShardSetError`` when the lease is no longer ours (a renewal or this look finds it gone or taken)."""
         if self._lost is None:
-            try:
-                held = self._read()
-            except ShardSetError:  # overwritten with something that is no lease: not ours either
-                held = None
+            held = self._look_twice()
             if held is None or not self._ours(held):
                 self._lost = held or {}
         if self._lost is not None:
@@ -115,10 +112,7 @@ class OutputLease:
     def _renew_until_stopped(self) -> None:
         while not self._stop.wait(self.ttl_s / 3):
             try:
-                try:
-                    held = self._read()
-                except ShardSetError:  # overwritten with something that is no lease: not ours either
-                    held = None
+                held = self._look_twice()
                 if held is None or not self._ours(held):
                     self._lost = held or {}  # renew no more: writing now would overwrite the new holder's lease
                     log.warning("%s: this run's lease was taken over (%s)", self.location,
@@ -127,6 +121,25 @@ class OutputLease:
                 self._write()
             except OSError as err:  # a passing storage error: the lease lasts ttl_s, so the next try may still do
                 log.warning("%s: could not renew the lease (%s); retrying", self.location, err)
+
+    def _look_twice(self) -> dict[str, Any] | None:
+        """The lease now; a missing or unreadable one is looked at again after ``settle_s`` before it counts.
+
+        A store may answer one read from an object that is being replaced by
+        our own renewal (moto did, under load); one such look must not end a
+        run that still holds its folder. Something that is no lease counts as
+        nobody's (None), as does a lease still gone at the second look.
+        """
+        for look in range(2):
+            if look:
+                time.sleep(self.settle_s)
+            try:
+                held = self._read()
+            except ShardSetError:
+                held = None
+            if held is not None:
+                return held
+        return None
 
     def _ours(self, held: dict[str, Any]) -> bool:
         return held.get("owner", {}).get("token") == self.owner["token"]
