@@ -9,6 +9,7 @@ from pathlib import Path
 
 from components.errors import TvpError
 from pipelines.console import Console
+from pipelines.step_outputs import write_step_outputs
 
 EXAMPLES = """\
 examples:
@@ -53,6 +54,19 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", default="tvp-demo", help="where tables, shards, runs and checkpoints go (default: ./tvp-demo)")
     _add_config(demo)
     _add_address(demo)
+
+    demo_data = commands.add_parser(
+        "demo-data",
+        help="write the demo's embedded image-text tables (scikit-learn's digits), for pipelines to ingest",
+        description=("Write the digits as PNG files with train.parquet and heldout.parquet tables (columns url, "
+                     "caption, label) into --output: the demo's own data, for pipelines that start with "
+                     "tvp ingest image-text. The same arguments always give the same files."),
+    )
+    demo_data.add_argument("--output", required=True, help="folder for the images and tables")
+    demo_data.add_argument("--source-size", type=int, default=64, help="side of the PNGs (default: %(default)s)")
+    demo_data.add_argument("--heldout-fraction", type=float, default=0.2,
+                           help="share of images in the held-out table (default: %(default)s)")
+    demo_data.add_argument("--seed", type=int, default=0, help="split and caption choice (default: %(default)s)")
 
     ingest = commands.add_parser("ingest", help="turn raw sources into WebDataset shard sets")
     sources = ingest.add_subparsers(dest="source", required=True, metavar="SOURCE")
@@ -221,7 +235,70 @@ def _build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--mode", choices=["max", "min"], default="max", help="higher or lower is better (default: max)")
     promote.add_argument("--alias", default="champion", help="the alias to move (default: champion)")
     _add_workdir(promote)
+
+    run = commands.add_parser(
+        "run",
+        help="run a pipeline (a YAML file of tvp steps), or resume it by its run name",
+        description=(
+            "Run PIPELINE's steps in order, each a tvp command whose arguments may refer to parameters "
+            "(${params.NAME}, set with --param) and to earlier steps' outputs (${steps.STEP.OUTPUT}). Every step's "
+            "status, outputs, timing and MLflow run are recorded in one MLflow run (experiment tvp-pipelines) "
+            "named --name. Run again with the same --name to resume: finished steps are skipped, the first "
+            "unfinished one runs again (a training step continues from its checkpoint, in its own MLflow run)."
+        ),
+        epilog=f"examples shipped with tvp (give the name): {', '.join(_example_pipelines())}",
+    )
+    run.add_argument("pipeline", metavar="PIPELINE", help="a pipeline YAML file, or the name of a shipped example")
+    run.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                     help="a value for one of the pipeline's parameters (repeatable)")
+    run.add_argument("--name", help="the pipeline run's name; the same name resumes (default: PIPELINE-<time>)")
+    run.add_argument("--workdir", default="tvp-demo",
+                     help="work folder of the run and its steps, whose MLflow store is used unless "
+                          "MLFLOW_TRACKING_URI is set (default: ./tvp-demo)")
+    _add_address(run)
+
+    submit = commands.add_parser(
+        "submit",
+        help="send a tvp command or pipeline to a Ray cluster as a job",
+        description=(
+            "Submit COMMAND (any tvp command, e.g. tvp run PIPELINE) to the Ray cluster whose Jobs API is at "
+            "--address (the dashboard, http://HEAD:8265; default $RAY_ADDRESS). The job carries the project's code "
+            "and the config and pipeline files the command names, never a virtual environment, work folders or "
+            "data, and MLFLOW_TRACKING_URI as its only environment variable: secrets come from the cluster's own "
+            "environment. A cluster with nodes on other machines needs a tracking server and data in object "
+            "storage; a local store or folder is refused before anything is sent."
+        ),
+        epilog="example: tvp submit --address http://127.0.0.1:8265 --wait -- tvp run clip-demo --param epochs=2",
+    )
+    submit.add_argument("--address", default=None, help="the cluster's Jobs API (default: $RAY_ADDRESS)")
+    submit.add_argument("--wait", action="store_true", help="show the job's log as it runs and exit with its outcome")
+    submit.add_argument("--submission-id", default=None,
+                        help="the job's id; submitting an id that exists does nothing (default: one Ray makes)")
+    submit.add_argument("job", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the tvp command to run")
+
+    jobs = commands.add_parser("jobs", help="list, show, follow and stop jobs on a Ray cluster",
+                               description="Manage the jobs of the Ray cluster at --address (default: $RAY_ADDRESS).")
+    jobs_actions = jobs.add_subparsers(dest="action", required=True, metavar="ACTION")
+    jobs_list = jobs_actions.add_parser("list", help="every job, newest last")
+    _add_jobs_address(jobs_list)
+    for action, text in (("show", "one job's status, entrypoint and timing"), ("logs", "one job's log"),
+                         ("stop", "stop a job: its command gets SIGTERM (training checkpoints first)")):
+        sub = jobs_actions.add_parser(action, help=text)
+        sub.add_argument("job_id", metavar="JOB_ID", help="the submission id tvp submit printed")
+        if action == "logs":
+            sub.add_argument("--follow", action="store_true", help="keep showing the log until the job ends")
+        _add_jobs_address(sub)
     return parser
+
+
+def _add_jobs_address(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", default=None, help="the cluster's Jobs API, http://HEAD:8265 (default: $RAY_ADDRESS)")
+
+
+def _example_pipelines() -> list[str]:
+    from pipelines.workflow_spec import EXAMPLES_DIR
+
+    return sorted(p.stem for p in EXAMPLES_DIR.glob("*.yaml"))
 
 
 def _add_training_inputs(parser: argparse.ArgumentParser, resume_help: str) -> None:
@@ -269,7 +346,7 @@ def _training_sources(args: argparse.Namespace) -> list:
     return [ShardSource(d, w) for d, w in zip(args.data, weights)]
 
 
-def _train(args: argparse.Namespace, parent_uri: str | None = None) -> None:
+def _train(args: argparse.Namespace, parent_uri: str | None = None) -> dict:
     import tempfile
     import time
 
@@ -304,13 +381,16 @@ def _train(args: argparse.Namespace, parent_uri: str | None = None) -> None:
           f"version {result.model_version}")
     for name, value in sorted(result.metrics.items()):
         print(f"  {name}: {value:.4f}")
+    outputs = result.as_dict()
+    outputs["model_uri"] = f"models:/{result.registered_model}/{result.model_version}"  # this version, not @latest
+    return outputs
 
 
-def _finetune(args: argparse.Namespace) -> None:
-    _train(args, parent_uri=args.parent)
+def _finetune(args: argparse.Namespace) -> dict:
+    return _train(args, parent_uri=args.parent)
 
 
-def _evaluate(args: argparse.Namespace) -> None:
+def _evaluate(args: argparse.Namespace) -> dict:
     from pipelines.evaluate import evaluate_registered
 
     from cluster.ray_cluster import connect
@@ -320,13 +400,15 @@ def _evaluate(args: argparse.Namespace) -> None:
     metrics = evaluate_registered(args.model_uri, args.data, tracking_uri, args.workdir, args.actors)
     for name, value in sorted(metrics.items()):
         print(f"{name}: {value:.4f}")
+    return {"model_uri": args.model_uri, "metrics": metrics}
 
 
-def _promote(args: argparse.Namespace) -> None:
+def _promote(args: argparse.Namespace) -> dict:
     from pipelines.evaluate import promote_registered
 
     promoted, reason = promote_registered(args.model_uri, args.metric, args.mode, args.alias, _tracking_uri(args.workdir))
     print(("promoted: " if promoted else "not promoted: ") + reason)
+    return {"model_uri": args.model_uri, "promoted": promoted, "reason": reason}
 
 
 def _print_summary(summary: dict) -> None:
@@ -340,7 +422,7 @@ def _print_summary(summary: dict) -> None:
     print(f"  summary:         {Path(summary['workdir']) / 'summary.json'}")
 
 
-def _demo(args: argparse.Namespace) -> None:
+def _demo(args: argparse.Namespace) -> dict:
     from pipelines.config import load_config
     from pipelines.demo_config import DemoConfig
 
@@ -348,10 +430,23 @@ def _demo(args: argparse.Namespace) -> None:
 
     from pipelines.demo import run_demo
 
-    _print_summary(run_demo(cfg, args.workdir, args.address))
+    summary = run_demo(cfg, args.workdir, args.address)
+    _print_summary(summary)
+    return summary
 
 
-def _ingest(args: argparse.Namespace) -> None:
+def _demo_data(args: argparse.Namespace) -> dict:
+    from components.data.ingest.digits_demo_data import build_digits_tables
+
+    if not 0 < args.heldout_fraction < 1:
+        raise _usage_error("--heldout-fraction must lie between 0 and 1")
+    tables = build_digits_tables(args.output, args.source_size, args.heldout_fraction, args.seed)
+    print(f"{tables.num_train} training rows in {tables.train}, {tables.num_heldout} held-out rows in {tables.heldout}")
+    return {"train_table": str(tables.train), "heldout_table": str(tables.heldout),
+            "num_train": tables.num_train, "num_heldout": tables.num_heldout}
+
+
+def _ingest(args: argparse.Namespace) -> dict:
     from pydantic import ValidationError
 
     from components.data.ingest.address_guard import AddressGuard
@@ -389,7 +484,82 @@ def _ingest(args: argparse.Namespace) -> None:
     # A local Ray for ingestion alone gets one logical CPU per core (training's oversubscription is for its
     # data readers): the default --processes is then one shard task per core, and fewer idle workers start.
     connect(args.address, num_cpus=os.cpu_count() or 1, dashboard=False)
-    ingest_image_text(spec, args.output, cfg, args.rows_per_shard, args.processes, not args.no_dedup)
+    manifest = ingest_image_text(spec, args.output, cfg, args.rows_per_shard, args.processes, not args.no_dedup)
+    return {"output": args.output, "content_hash": manifest["content_hash"],
+            "num_samples": manifest["num_samples"], "num_shards": manifest["num_shards"]}
+
+
+def _run(args: argparse.Namespace) -> dict:
+    import time
+
+    from pipelines.workflow_spec import load_pipeline, resolve_params
+
+    spec, file_hash = load_pipeline(args.pipeline)
+    params = resolve_params(spec, args.param)  # a missing or unknown parameter fails before anything starts
+
+    from components.tracking.tracking_store import (
+        check_tracking_server, configure_fast_failure, default_artifact_location, resolve_tracking_uri)
+    from pipelines.workflow_runner import run_pipeline
+
+    workdir = Path(args.workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    tracking_uri = resolve_tracking_uri(workdir)
+    configure_fast_failure()
+    check_tracking_server(tracking_uri)
+    name = args.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    artifacts = None if tracking_uri.startswith(("http://", "https://")) else default_artifact_location(workdir)
+    results = run_pipeline(spec, file_hash, params, name, workdir, tracking_uri, artifacts, args.address)
+    ran = [r for r in results if not r.skipped]
+    print(f"pipeline {spec.name} run {name} finished: {len(ran)} steps run, {len(results) - len(ran)} skipped "
+          f"as finished earlier, {sum(r.duration_s for r in ran):.0f} s")
+    return {"run_name": name, "steps": {r.name: r.outputs for r in results}}
+
+
+def _submit(args: argparse.Namespace) -> dict:
+    from cluster import job_submission as jobs
+
+    command = args.job[1:] if args.job[:1] == ["--"] else args.job
+    address = jobs.dashboard_address(args.address)
+    client = jobs.job_client(address)
+    job = jobs.prepare_job(command, jobs.cluster_on_this_machine(address))
+    for note in job.notes:
+        print(f"  {note}")
+    job_id = jobs.submit(client, job, args.submission_id)
+    print(f"submitted job {job_id} to {address}")
+    if not args.wait:
+        print(f"  follow it: tvp jobs logs {job_id} --follow --address {address}")
+        return {"job_id": job_id}
+    status = jobs.follow(client, job_id, lambda text: print(text, end="", flush=True))
+    code = jobs.exit_code(client, job_id)
+    print(f"job {job_id} {status.lower()} (exit code {code})")
+    if code:
+        raise _JobOutcome(f"job {job_id} {status.lower()} with exit code {code}", code)
+    return {"job_id": job_id}
+
+
+def _jobs(args: argparse.Namespace) -> None:
+    from cluster import job_submission as jobs
+
+    client = jobs.job_client(args.address)
+    if args.action == "list":
+        for info in sorted(client.list_jobs(), key=lambda i: i.start_time or 0):
+            if info.submission_id:  # drivers that connected on their own are not jobs
+                print(next(jobs.describe(info)))
+        return
+    try:
+        info = client.get_job_info(args.job_id)
+    except RuntimeError as exc:
+        raise _usage_error(f"no job {args.job_id} on the cluster: {str(exc).splitlines()[-1]}") from None
+    if args.action == "show":
+        print("\n".join(jobs.describe(info)))
+    elif args.action == "logs":
+        if args.follow:
+            jobs.follow(client, args.job_id, lambda text: print(text, end="", flush=True))
+        else:
+            print(client.get_job_logs(args.job_id), end="")
+    elif args.action == "stop":
+        stopped = client.stop_job(args.job_id)
+        print(f"job {args.job_id}: " + ("stop requested" if stopped else f"already {info.status.value.lower()}"))
 
 
 def _inspect(args: argparse.Namespace) -> None:
@@ -398,6 +568,14 @@ def _inspect(args: argparse.Namespace) -> None:
 
     inspect_shards(args.shards, args.contact_sheet, args.samples, index=args.index,
                    index_dir=work_index_dir(Path(args.workdir).resolve()))
+
+
+class _JobOutcome(TvpError):
+    """A job that did not succeed: ``tvp submit --wait`` exits with its exit code."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def _usage_error(message: str) -> Exception:
@@ -442,11 +620,12 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(args.command, getattr(args, "workdir", None), args.verbose)
     try:
         with console:
-            commands = {"demo": _demo, "ingest": _ingest, "inspect": _inspect, "train": _train, "finetune": _finetune, "evaluate": _evaluate,
-                        "promote": _promote}
-            commands[args.command](args)
+            commands = {"demo": _demo, "demo-data": _demo_data, "ingest": _ingest, "inspect": _inspect, "train": _train, "finetune": _finetune, "evaluate": _evaluate,
+                        "promote": _promote, "run": _run, "submit": _submit, "jobs": _jobs}
+            outputs = commands[args.command](args)
+        write_step_outputs(outputs)
     except _KNOWN_ERRORS as exc:
-        label = "error: " if exc.exit_code == TvpError.exit_code else ""  # a stop on request is no error
+        label = "" if exc.exit_code in (130, 143) else "error: "  # a stop on request is no error
         print(f"tvp: {label}{_one_line(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

@@ -126,7 +126,7 @@ def act_after_commit(tmp_path: Path, min_step: int, driver: subprocess.Popen, ac
     return the step of the latest committed checkpoint at that moment."""
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
-        assert driver.poll() is None, f"driver exited early with {driver.returncode}"
+        assert driver.poll() is None, early_exit(driver)
         committed = committed_step()
         if committed >= min_step and last_logged_step(tmp_path) > committed:
             action()
@@ -135,10 +135,18 @@ def act_after_commit(tmp_path: Path, min_step: int, driver: subprocess.Popen, ac
     raise AssertionError(f"no checkpoint at step {min_step} was committed")
 
 
+def early_exit(driver: subprocess.Popen) -> str:
+    """Why a wait ended with the driver gone: its exit code, the steps rank 0 logged, the end of its output."""
+    tmp_path = driver.log_path.parent
+    return (f"driver exited early with {driver.returncode}; rank 0 logged steps "
+            f"{[s for s, _ in logged_steps(tmp_path, 0)]}; committed {committed()}; its output ends:\n"
+            f"{driver.log_path.read_text()[-4000:]}")
+
+
 def wait_until(condition, driver: subprocess.Popen, what: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert driver.poll() is None, f"driver exited early with {driver.returncode}"
+        assert driver.poll() is None, early_exit(driver)
         if condition():
             return
         time.sleep(0.02)
@@ -181,8 +189,10 @@ def drain_for_preemption(address: str, node_id: str, deadline_s: int = 60) -> No
 def start_driver(spec: Path, log: Path) -> subprocess.Popen:
     """The driver in a subprocess, its output in ``log`` (a pipe nobody reads could fill and stall it)."""
     env = {**os.environ, **CLUSTER_ENV}
-    return subprocess.Popen([sys.executable, "-m", "tests.e2e.train_driver", str(spec)], cwd=REPO, env=env,
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
+    driver = subprocess.Popen([sys.executable, "-m", "tests.e2e.train_driver", str(spec)], cwd=REPO, env=env,
+                              stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
+    driver.log_path = log
+    return driver
 
 
 def test_failures_on_a_multi_node_cluster_resume_exactly_with_one_mlflow_run(multi_node_cluster, s3_env, monkeypatch,

@@ -1,0 +1,90 @@
+"""The record of one pipeline run: an MLflow run whose tags say, step by step, what happened.
+
+Each step has tags ``tvp.step.NAME.status`` (RUNNING, FINISHED, FAILED,
+STOPPED), ``.outputs`` (the JSON it handed on), ``.duration_s``, ``.command``
+(secrets masked), ``.exit_code`` and ``.mlflow_run_id`` (the step's own
+MLflow run: a training step keeps its one run across resumes), and a metric
+``step_duration_s.NAME``. The run is found again by its name, so a pipeline
+started again with the same ``--name`` reads which steps finished and what
+they handed on, from any machine that reaches the tracking store.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from components.tracking.redaction import redact_value
+from components.tracking.run_tracker import RunTracker
+
+EXPERIMENT = "tvp-pipelines"
+FINISHED, RUNNING, FAILED, STOPPED = "FINISHED", "RUNNING", "FAILED", "STOPPED"
+
+
+def _tag(step: str, field: str) -> str:
+    return f"tvp.step.{step}.{field}"
+
+
+class PipelineRecord:
+    def __init__(self, tracker: RunTracker, run_name: str):
+        self.tracker, self.run_name = tracker, run_name
+        self.tags = dict(tracker.client.get_run(tracker.run_id).data.tags)
+        self.changed_file = False  # a continued run's pipeline file differs from the one it started with
+
+    @classmethod
+    def open(cls, tracking_uri: str, artifact_location: str | None, pipeline: str, file_hash: str,
+             params: dict[str, str], run_name: str) -> "PipelineRecord":
+        """The run named ``run_name``: created, or continued (then its pipeline and parameters must match)."""
+        tags = {"tvp.pipeline": pipeline, "tvp.pipeline.file_hash": file_hash}
+        tracker = RunTracker.create(tracking_uri, EXPERIMENT, run_name, artifact_location, tags=None)
+        record = cls(tracker, run_name)
+        other = record.tags.get("tvp.pipeline")
+        if other and other != pipeline:
+            tracker.finish(tracker.previous_status or FAILED)
+            from pipelines.config import ConfigError
+
+            raise ConfigError(f"pipeline run {run_name!r} is a run of pipeline {other!r}, not {pipeline!r}: "
+                              "give another --name")
+        tracker.check_params({f"param.{k}": v for k, v in params.items()}, run_name)
+        record.changed_file = bool(other) and record.tags.get("tvp.pipeline.file_hash") != file_hash
+        tracker.log_params({f"param.{k}": v for k, v in params.items()})
+        record._set(tags)
+        return record
+
+    @property
+    def run_id(self) -> str:
+        return self.tracker.run_id
+
+    @property
+    def resumed(self) -> bool:
+        return self.tracker.previous_status is not None
+
+    def status(self, step: str) -> str | None:
+        return self.tags.get(_tag(step, "status"))
+
+    def outputs(self, step: str) -> dict[str, Any]:
+        return json.loads(self.tags.get(_tag(step, "outputs"), "{}"))
+
+    def started(self, step: str, argv: list[str]) -> None:
+        attempts = int(self.tags.get(_tag(step, "attempts"), 0)) + 1
+        self._set({_tag(step, "status"): RUNNING, _tag(step, "attempts"): attempts,
+                   _tag(step, "started_at"): time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                   _tag(step, "command"): " ".join(redact_value(a) for a in ["tvp", *argv])})
+
+    def ended(self, step: str, status: str, exit_code: int, duration_s: float, outputs: dict[str, Any]) -> None:
+        tags = {_tag(step, "status"): status, _tag(step, "exit_code"): exit_code,
+                _tag(step, "duration_s"): round(duration_s, 1)}
+        if status == FINISHED:
+            tags[_tag(step, "outputs")] = json.dumps(outputs, sort_keys=True, default=str)
+        if outputs.get("run_id"):
+            tags[_tag(step, "mlflow_run_id")] = outputs["run_id"]
+        self._set(tags)
+        self.tracker.log_metrics({f"step_duration_s.{step}": duration_s}, step=0)
+
+    def close(self, status: str) -> None:
+        self.tracker.finish({STOPPED: "KILLED"}.get(status, status))
+
+    def _set(self, tags: dict[str, Any]) -> None:
+        self.tracker.set_tags(tags)
+        self.tags.update({k: str(v) for k, v in tags.items()})

@@ -1,0 +1,207 @@
+"""A pipeline file: named steps, each a ``tvp`` command, whose arguments refer to parameters and earlier outputs.
+
+```yaml
+name: clip-pretrain
+description: embedded digits → shards → CLIP → evaluation → champion
+params:
+  data: tvp-pipeline/data          # a default; --param data=... overrides it
+  epochs: null                     # no default: --param epochs=N is required
+steps:
+  - name: ingest
+    run: tvp ingest image-text ${params.data}/train.parquet --output ${run.workdir}/shards
+  - name: train
+    run: [tvp, train, clip, --data, "${steps.ingest.output}", --set, "train.epochs=${params.epochs}"]
+```
+
+``run`` is an argument list, or one string split as a shell would (no shell
+runs it). References, checked when the file is loaded:
+- ``${params.NAME}``: a parameter declared under ``params``;
+- ``${steps.STEP.KEY}``: an output of an earlier step (``KEY`` may be dotted,
+  ``metrics.zero_shot_top1``); which keys a command hands on is listed in
+  ``STEP_OUTPUTS``;
+- ``${run.name}``, ``${run.workdir}``: the pipeline run's name and work folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipelines.config import ConfigError, _describe
+
+EXAMPLES_DIR = Path(__file__).parent / "examples"
+REFERENCE = re.compile(r"\$\{([^}]*)\}")
+STEP_NAME = r"^[a-z][a-z0-9_-]*$"
+RUN_FIELDS = ("name", "workdir")
+
+# The commands a step may run, and the outputs each hands on (see pipelines/step_outputs.py).
+# Steps that manage pipelines, jobs or schedules would nest one orchestrator inside another: not steps.
+STEP_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "demo": ("workdir", "run_id", "run_name", "registered_model", "model_version", "model_uri", "zero_shot_top1"),
+    "demo-data": ("train_table", "heldout_table", "num_train", "num_heldout"),
+    "ingest": ("output", "content_hash", "num_samples", "num_shards"),
+    "inspect": (),
+    "train": ("run_id", "run_name", "experiment", "registered_model", "model_version", "model_uri",
+              "checkpoint_uri", "data_manifest_hash", "metrics", "promotion"),
+    "evaluate": ("model_uri", "metrics"),
+    "promote": ("model_uri", "promoted", "reason"),
+}
+STEP_OUTPUTS["finetune"] = STEP_OUTPUTS["train"]
+STEP_OUTPUTS_WITH_FIELDS = ("metrics",)  # outputs that are mappings: referred to as metrics.NAME
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Step(_Strict):
+    name: str = Field(pattern=STEP_NAME, description="how later steps and the run record refer to this step")
+    run: list[str] = Field(min_length=2, description="the tvp command: an argument list or one shell-style string")
+    description: str = ""
+
+    @field_validator("run", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return shlex.split(value)
+            except ValueError as exc:
+                raise ValueError(f"cannot split the command: {exc}") from None
+        if isinstance(value, list):
+            return [str(v) if isinstance(v, (int, float, bool)) else v for v in value]
+        return value
+
+    @field_validator("run")
+    @classmethod
+    def _a_tvp_command(cls, run: list[str]) -> list[str]:
+        if run[0] != "tvp":
+            raise ValueError(f"a step runs a tvp command (tvp COMMAND ...), not {run[0]!r}")
+        if run[1] not in STEP_OUTPUTS:
+            raise ValueError(f"tvp {run[1]} is not a step command (one of: {', '.join(sorted(STEP_OUTPUTS))})")
+        return run
+
+    @property
+    def command(self) -> str:
+        return self.run[1]
+
+
+class PipelineSpec(_Strict):
+    name: str = Field(pattern=STEP_NAME, description="the pipeline's name; its runs are recorded under it")
+    description: str = ""
+    params: dict[str, str | int | float | bool | None] = Field(
+        default_factory=dict, description="parameters and their defaults (null: must be given with --param)")
+    steps: list[Step] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> "PipelineSpec":
+        seen: dict[str, Step] = {}
+        for step in self.steps:
+            if step.name in seen:
+                raise ValueError(f"two steps are named {step.name!r}")
+            for arg in step.run:
+                for ref in REFERENCE.findall(arg):
+                    _check_reference(ref, step, self.params, seen)
+            seen[step.name] = step
+        return self
+
+
+def _check_reference(ref: str, step: Step, params: dict[str, Any], earlier: dict[str, Step]) -> None:
+    where = f"step {step.name!r}: ${{{ref}}}"
+    parts = ref.split(".")
+    if parts[0] == "params" and len(parts) == 2:
+        if parts[1] not in params:
+            raise ValueError(f"{where} names no declared parameter (declared: {', '.join(params) or 'none'})")
+    elif parts[0] == "run" and len(parts) == 2:
+        if parts[1] not in RUN_FIELDS:
+            raise ValueError(f"{where}: a run has {', '.join(RUN_FIELDS)}")
+    elif parts[0] == "steps" and len(parts) >= 3:
+        source = earlier.get(parts[1])
+        if source is None:
+            raise ValueError(f"{where} names no earlier step")
+        outputs = STEP_OUTPUTS[source.command]
+        if parts[2] not in outputs or (len(parts) > 3 and parts[2] not in STEP_OUTPUTS_WITH_FIELDS):
+            raise ValueError(f"{where}: tvp {source.command} hands on {', '.join(outputs) or 'nothing'}")
+    else:
+        raise ValueError(f"{where} is not ${{params.NAME}}, ${{steps.STEP.OUTPUT}} or ${{run.name|workdir}}")
+
+
+def pipeline_path(name_or_path: str) -> Path:
+    """A pipeline file, or the name of an example shipped in pipelines/examples (``clip-pretrain``)."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ConfigError(f"pipeline file {path} does not exist")
+        return path
+    candidate = EXAMPLES_DIR / f"{name_or_path}.yaml"
+    if not candidate.is_file():
+        known = ", ".join(sorted(p.stem for p in EXAMPLES_DIR.glob("*.yaml")))
+        raise ConfigError(f"no pipeline {name_or_path!r}: give a .yaml file or an example ({known})")
+    return candidate
+
+
+def load_pipeline(name_or_path: str) -> tuple[PipelineSpec, str]:
+    """The validated pipeline and the hash of its file's text (a resumed run notices a changed file)."""
+    path = pipeline_path(name_or_path)
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"pipeline file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"pipeline file {path} must hold a mapping at the top level")
+    try:
+        spec = PipelineSpec.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"pipeline file {path}: {_describe(exc.errors()[0])}") from None
+    return spec, hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def resolve_params(spec: PipelineSpec, given: list[str]) -> dict[str, str]:
+    """The declared defaults with ``--param K=V`` laid over them; every parameter ends up with a value."""
+    values = {k: v for k, v in spec.params.items() if v is not None}
+    for item in given:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--param expects NAME=VALUE, got {item!r}")
+        if key not in spec.params:
+            raise ConfigError(f"pipeline {spec.name} has no parameter {key!r} "
+                              f"(it has: {', '.join(spec.params) or 'none'})")
+        values[key] = value
+    missing = [k for k in spec.params if k not in values]
+    if missing:
+        raise ConfigError(f"pipeline {spec.name} needs --param {missing[0]}=VALUE")
+    return {k: _text(v) for k, v in values.items()}
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def render(step: Step, params: dict[str, str], outputs: dict[str, dict[str, Any]], run: dict[str, str]) -> list[str]:
+    """The step's arguments after ``tvp`` with every reference replaced by its value."""
+
+    def value(match: re.Match) -> str:
+        parts = match.group(1).split(".")
+        if parts[0] == "params":
+            return params[parts[1]]
+        if parts[0] == "run":
+            return run[parts[1]]
+        found: Any = outputs.get(parts[1], {})
+        for key in parts[2:]:
+            if not isinstance(found, dict) or key not in found:
+                raise ConfigError(f"step {step.name!r}: ${{{match.group(1)}}} has no value (step {parts[1]!r} "
+                                  "did not hand it on)")
+            found = found[key]
+        if found is None:
+            raise ConfigError(f"step {step.name!r}: ${{{match.group(1)}}} is empty")
+        return _text(found)
+
+    return [REFERENCE.sub(value, arg) for arg in step.run[1:]]
