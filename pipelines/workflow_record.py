@@ -15,11 +15,23 @@ import json
 import time
 from typing import Any
 
-from components.tracking.redaction import redact_value
-from components.tracking.run_tracker import RunTracker
+from mlflow.tracking import MlflowClient
+
+from components.tracking.redaction import redact, redact_value
+from components.tracking.run_tracker import RUN_NAME_TAG, RunConflict, RunTracker
+from pipelines.config import ConfigError
 
 EXPERIMENT = "tvp-pipelines"
 FINISHED, RUNNING, FAILED, STOPPED = "FINISHED", "RUNNING", "FAILED", "STOPPED"
+
+
+def _find(client: MlflowClient, run_name: str):
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        return None
+    found = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
+                               max_results=1)
+    return found[0] if found else None
 
 
 def _tag(step: str, field: str) -> str:
@@ -36,20 +48,24 @@ class PipelineRecord:
     def open(cls, tracking_uri: str, artifact_location: str | None, pipeline: str, file_hash: str,
              params: dict[str, str], run_name: str) -> "PipelineRecord":
         """The run named ``run_name``: created, or continued (then its pipeline and parameters must match)."""
-        tags = {"tvp.pipeline": pipeline, "tvp.pipeline.file_hash": file_hash}
-        tracker = RunTracker.create(tracking_uri, EXPERIMENT, run_name, artifact_location, tags=None)
+        logged = {f"param.{k}": v for k, v in redact(params).items()}
+        earlier = _find(MlflowClient(tracking_uri), run_name)
+        if earlier is not None:  # checked before the run is touched: a refused attempt leaves it as it was
+            other = earlier.data.tags.get("tvp.pipeline")
+            if other != pipeline:
+                raise ConfigError(f"pipeline run {run_name!r} is a run of pipeline {other!r}, not {pipeline!r}: "
+                                  "give another --name")
+            changed = sorted(k for k in logged if k in earlier.data.params and earlier.data.params[k] != logged[k])
+            if changed:
+                k = changed[0]
+                raise RunConflict(f"run {run_name!r} was started with {k}={earlier.data.params[k]}, not "
+                                  f"{logged[k]}: give a new run name to run the pipeline anew")
+        tracker = RunTracker.create(tracking_uri, EXPERIMENT, run_name, artifact_location,
+                                    tags={"tvp.pipeline": pipeline, "tvp.pipeline.file_hash": file_hash})
         record = cls(tracker, run_name)
-        other = record.tags.get("tvp.pipeline")
-        if other and other != pipeline:
-            tracker.finish(tracker.previous_status or FAILED)
-            from pipelines.config import ConfigError
-
-            raise ConfigError(f"pipeline run {run_name!r} is a run of pipeline {other!r}, not {pipeline!r}: "
-                              "give another --name")
-        tracker.check_params({f"param.{k}": v for k, v in params.items()}, run_name)
-        record.changed_file = bool(other) and record.tags.get("tvp.pipeline.file_hash") != file_hash
-        tracker.log_params({f"param.{k}": v for k, v in params.items()})
-        record._set(tags)
+        record.changed_file = earlier is not None and earlier.data.tags.get("tvp.pipeline.file_hash") != file_hash
+        new = {k: v for k, v in logged.items() if earlier is None or k not in earlier.data.params}
+        tracker.log_params(new)
         return record
 
     @property

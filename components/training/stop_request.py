@@ -11,8 +11,10 @@ so each step they agree on rank 0's flag with one tiny all-reduce.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
+import time
 import uuid
 from contextlib import contextmanager
 from typing import Iterator
@@ -24,6 +26,7 @@ import torch.distributed as dist
 from components.errors import TvpError
 
 POLL_INTERVAL_S = 0.5
+DUPLICATE_WINDOW_S = 2.0
 
 
 class TrainingStopped(TvpError, RuntimeError):
@@ -48,15 +51,25 @@ class StopRequest:
 
 @contextmanager
 def stop_on_sigterm() -> Iterator[tuple[str, "ray.actor.ActorHandle"]]:
-    """Yield (actor name, actor); while inside, SIGTERM asks the run to checkpoint and stop. A second SIGTERM kills."""
+    """Yield (actor name, actor); while inside, SIGTERM asks the run to checkpoint and stop; another SIGTERM
+    more than ``DUPLICATE_WINDOW_S`` later kills."""
     name = f"tvp-stop-{uuid.uuid4().hex[:12]}"
     actor = StopRequest.options(name=name).remote()
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGTERM) if in_main_thread else None
 
+    first: list[float] = []
+
     def on_sigterm(signum, frame):
-        actor.request.remote("SIGTERM")
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        # A supervisor that signals a whole process tree (Ray's job stop, kill -- -PGID) and a parent that
+        # passes the signal on (tvp run) deliver one request twice: only a SIGTERM that comes later kills.
+        now = time.monotonic()
+        if not first:
+            first.append(now)
+            actor.request.remote("SIGTERM")
+        elif now - first[0] > DUPLICATE_WINDOW_S:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
 
     if in_main_thread:
         signal.signal(signal.SIGTERM, on_sigterm)
