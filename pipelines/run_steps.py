@@ -16,9 +16,10 @@ import ray.train
 from cluster.ray_cluster import cluster_is_local, connect
 from components.data.loading.shard_plan import ShardSource
 from components.tasks.task import Task
-from components.tracking.model_package import save_model_package
+from components.tracking.lineage import source_tags
+from components.tracking.model_package import log_model_package
 from components.tracking.promotion import PromotionError, promote, record_evaluation
-from components.tracking.registry import LATEST_ALIAS, register_checkpoint
+from components.tracking.registry import LATEST_ALIAS, register_logged_model
 from components.tracking.run_tracker import RunConflict, RunTracker
 from components.tracking.tracking_store import (
     TrackingUnavailable,
@@ -65,9 +66,12 @@ class OpenedRun:
 
 def open_run(tracking_uri: str, workdir: Path, experiment: str, run_name: str, params: dict[str, Any],
              lineage: dict[str, str]) -> OpenedRun:
-    """The MLflow run named ``run_name``: created, or continued with the same params (else ``RunConflict``)."""
+    """The MLflow run named ``run_name``: created, or continued with the same params (else ``RunConflict``).
+
+    Besides ``lineage`` the run carries MLflow's own source tags (entry point, commit), which its UI shows.
+    """
     artifact_location = default_artifact_location(workdir) if is_local_store(tracking_uri) else None
-    tracker = RunTracker.create(tracking_uri, experiment, run_name, artifact_location, lineage)
+    tracker = RunTracker.create(tracking_uri, experiment, run_name, artifact_location, {**lineage, **source_tags()})
     try:
         tracker.check_params(params, run_name)
     except RunConflict:
@@ -99,6 +103,7 @@ class Registration:
     name: str
     version: str
     source: str  # the artifact URI of the registered package
+    model_id: str  # the run's LoggedModel that the version was registered from
 
     @property
     def latest_uri(self) -> str:
@@ -108,13 +113,13 @@ class Registration:
 def register_step(run: OpenedRun, task: Task, checkpoint: ray.train.Checkpoint, registered_model: str,
                   metrics: dict[str, float], tags: dict[str, str] | None = None) -> Registration:
     """Log the checkpoint as an MLflow pyfunc model of the run and register it as a new version."""
+    version_tags = {**run.lineage, **(tags or {}), **{f"train.{k}": f"{v:.4f}" for k, v in metrics.items()}}
     with checkpoint.as_directory() as checkpoint_dir, tempfile.TemporaryDirectory() as tmp:
         model_files = copy_model_files(checkpoint_dir, Path(tmp) / "checkpoint")
-        package = save_model_package(model_files, Path(tmp) / "model", task.inference_inputs, task.inference_example)
-        source = run.tracker.log_artifacts(package, "model")
-    version_tags = {**run.lineage, **(tags or {}), **{f"train.{k}": f"{v:.4f}" for k, v in metrics.items()}}
-    version = register_checkpoint(run.tracker.client, registered_model, source, run.run_id, tags=version_tags)
-    return Registration(registered_model, str(version), source)
+        logged = log_model_package(run.tracker.client, run.run_id, model_files, task.inference_inputs,
+                                   task.inference_example, tags=version_tags)
+    version = register_logged_model(run.tracker.client, registered_model, logged.model_id, run.run_id, tags=version_tags)
+    return Registration(registered_model, str(version), logged.artifact_location, logged.model_id)
 
 
 @dataclass

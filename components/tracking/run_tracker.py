@@ -22,6 +22,10 @@ UNAVAILABLE = (MlflowException, OSError, requests.exceptions.RequestException)  
 log = logging.getLogger("tvp.tracking")
 RUN_NAME_TAG = "tvp.run_name"  # the training run's name, shared with Ray Train's RunConfig(name=...)
 RESUMED_TAG = "tvp.resumed"  # how many times a restarted driver continued this run
+# MLflow 3's UI files an experiment by this tag: without it, it guesses, and files tvp's runs under GenAI
+# ("Evaluation runs"). tvp trains models, so its experiments say so.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -34,6 +38,16 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+def model_training_experiment(client: MlflowClient, name: str, artifact_location: str | None = None) -> str:
+    """The id of experiment ``name``, created if missing, marked a model-training experiment unless it has a kind."""
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        return client.create_experiment(name, artifact_location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
+    if EXPERIMENT_KIND_TAG not in found.tags:  # made by an older tvp; a kind someone chose is left alone
+        client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+    return found.experiment_id
 
 
 class RunConflict(TvpError, ValueError):
@@ -68,8 +82,7 @@ class RunTracker:
         metrics go on by step, instead of starting a second one.
         """
         client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
-        found = client.get_experiment_by_name(experiment)
-        experiment_id = found.experiment_id if found else client.create_experiment(experiment, artifact_location)
+        experiment_id = model_training_experiment(client, experiment, artifact_location)
         existing = client.search_runs(
             [experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'", max_results=1
         )

@@ -42,7 +42,7 @@ def test_evaluate_records_metrics_and_promotion_needs_a_strictly_better_score(re
     assert str(client.get_model_version_by_alias(name, "champion").version) == str(summary["model_version"])
 
     # A second version of the same weights ties on the same data: a tie does not take the alias.
-    source = client.get_model_version(name, summary["model_version"]).source
+    source = client.get_model_version_download_uri(name, summary["model_version"])  # its files, not models:/m-...
     second = client.create_model_version(name, source, run_id=summary["run_id"]).version
     evaluate_registered(f"models:/{name}/{second}", heldout, uri)
     promoted, reason = promote_registered(f"models:/{name}/{second}", "zero_shot_top1", "max", "champion", uri)
