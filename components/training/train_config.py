@@ -36,6 +36,7 @@ class TrainConfig:
     checkpoint_metric: str = "train_loss"
     checkpoint_metric_mode: Literal["min", "max"] = "min"
     sample_log_dir: str | None = None  # if set, each rank appends "epoch step sample_ids..." per step here
+    # (and "# start at step N" each time the loop starts)
     # Every this many steps, ask Ray whether a node of the run is being drained for preemption (a barrier
     # across workers, so not every step); if so, checkpoint right away.
     preemption_check_every_steps: int = 10

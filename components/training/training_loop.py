@@ -145,6 +145,8 @@ class TrainingLoop:
         if cfg.sample_log_dir:
             Path(cfg.sample_log_dir).mkdir(parents=True, exist_ok=True)
             self.sample_log = open(Path(cfg.sample_log_dir) / f"rank{self.ctx.rank}.log", "a")
+            # Each start of the loop is marked: a resume that replays no step is still seen as one.
+            self.sample_log.write(f"# start at step {self.position['step']}\n")
         log.info("rank %d of %d on %s, device %s", self.ctx.rank, self.ctx.world, socket.gethostname(), self.ctx.device)
         next_reader = None
         stopped = False
