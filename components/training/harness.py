@@ -40,11 +40,13 @@ def train_in_process(spec: dict[str, Any], checkpoint_root: str | Path, stop_aft
     """Train ``spec`` (see ``training_loop.py``) in this process, checkpointing under ``checkpoint_root``.
 
     ``stop_after_steps`` stops the run after that many steps of this call, checkpointing first, as a stopped
-    job does; calling again with the same root resumes.
+    job does; calling again with the same root resumes. A spec with ``tracking`` logs into that MLflow run,
+    as rank 0 of a Ray Train job does.
     """
     spec = {**spec, "train": {**spec["train"], "num_workers": 1}}
     context = LocalContext(checkpoint_root, stop_after_steps)
     loop = TrainingLoop(spec, context, open_samples)
+    loop.attach_tracking()
     resumed = loop.restore()
     stopped = loop.run()
     return HarnessRun(loop, context.reports, stopped, resumed)
