@@ -22,5 +22,5 @@ create_once() {
 }
 
 printf 'password=%s\n' "$(openssl rand -hex 24)" | create_once mlflow-db
-printf 'password=%s\n' "$(openssl rand -hex 24)" | create_once mlflow-admin
+printf 'password=%s\nflask_secret_key=%s\n' "$(openssl rand -hex 24)" "$(openssl rand -hex 32)" | create_once mlflow-admin
 printf 'root_user=%s\nroot_password=%s\n' tvp-minio "$(openssl rand -hex 24)" | create_once mlflow-minio
