@@ -125,7 +125,8 @@ def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
     except urllib.error.HTTPError as exc:
         if exc.code in (401, 403):
             raise TrackingUnavailable(_refusal(uri, exc.code)) from exc
-        raise TrackingUnavailable(f"MLflow tracking server {uri} answered an experiment search with HTTP {exc.code}") from exc
+        raise TrackingUnavailable(f"MLflow tracking server {uri} answered an experiment search with "
+                                  f"HTTP {exc.code}") from exc
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise TrackingUnavailable(f"MLflow tracking server {uri} is unreachable: {reason}") from exc
