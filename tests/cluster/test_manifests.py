@@ -23,6 +23,7 @@ import copy
 import importlib.resources
 import json
 import re
+import shlex
 from functools import cache
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -56,6 +57,18 @@ def documents(path: Path) -> list[dict]:
 
 def ids(paths: list[Path]) -> list[str]:
     return [str(p.relative_to(CLUSTER)) for p in paths]
+
+
+def _values_of(node: Any, wanted: str) -> Iterator[str]:
+    """Every string value under the key `wanted`, at any depth."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == wanted and isinstance(value, str):
+                yield value
+            yield from _values_of(value, wanted)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _values_of(item, wanted)
 
 
 def is_kuberay(resource: dict) -> bool:
@@ -197,6 +210,20 @@ def test_launcher_configs_pass_rays_own_validation(path):
     validate_launcher(documents(path)[0])
 
 
+def test_images_pin_what_pyproject_pins_and_run_as_a_user():
+    import tomllib
+
+    pins = dict(re.match(r"([A-Za-z0-9_.-]+)(?:\[[^]]*\])?==(.+)", dep).groups()
+                for dep in tomllib.loads((CLUSTER.parent / "pyproject.toml").read_text())["project"]["dependencies"])
+    tvp_image = (CLUSTER / "image" / "Dockerfile").read_text()
+    mlflow_image = (CLUSTER / "mlflow" / "Dockerfile").read_text()
+    assert f"torch=={pins['torch']}" in tvp_image
+    assert f"mlflow[auth]=={pins['mlflow']}" in mlflow_image  # client and server at one version
+    for image in (tvp_image, mlflow_image):
+        users = re.findall(r"^USER (\S+)", image, re.MULTILINE)
+        assert users and users[-1].split(":")[0] not in ("0", "root"), "the image ends as a non-root user"
+
+
 # --- each validator rejects a broken copy -------------------------------------------------------
 
 
@@ -227,7 +254,7 @@ BROKEN = {
         validate_kuberay_resource,
         _broken("kuberay/raycluster.yaml", None,
                 lambda d: d["spec"]["workerGroupSpecs"][1]["template"]["spec"].update(gpus=1))),
-    "autoscaler: resources not a mapping": (
+    "autoscaler: resources keyed by cpu, not requests or limits": (
         validate_kuberay_resource,
         _broken("kuberay/raycluster.yaml", None, lambda d: d["spec"]["autoscalerOptions"].update(resources={"cpu": 1}))),
     "kuberay: misspelt spec field": (
@@ -323,17 +350,6 @@ def literal_secrets_in_compose(document: dict) -> list[str]:
 def literal_secrets_in_launcher(config: dict) -> list[str]:
     commands = [c for key, value in config.items() if key.endswith("_commands") for c in value]
     return [f"command names a secret: {c}" for c in commands if SECRET_ON_COMMAND_LINE.search(c)]
-
-
-def _values_of(node: Any, wanted: str) -> Iterator[str]:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == wanted and isinstance(value, str):
-                yield value
-            yield from _values_of(value, wanted)
-    elif isinstance(node, list):
-        for item in node:
-            yield from _values_of(item, wanted)
 
 
 def _strings(node: Any) -> list[str]:
