@@ -274,7 +274,7 @@ def _build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--wait", action="store_true", help="show the job's log as it runs and exit with its outcome")
     submit.add_argument("--submission-id", default=None,
                         help="the job's id; submitting an id that exists does nothing (default: one Ray makes)")
-    submit.add_argument("job", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the tvp command to run")
+    submit.add_argument("job", nargs="*", metavar="-- COMMAND", help="the tvp command to run, after --")
 
     jobs = commands.add_parser("jobs", help="list, show, follow and stop jobs on a Ray cluster",
                                description="Manage the jobs of the Ray cluster at --address (default: $RAY_ADDRESS).")
@@ -288,6 +288,41 @@ def _build_parser() -> argparse.ArgumentParser:
         if action == "logs":
             sub.add_argument("--follow", action="store_true", help="keep showing the log until the job ends")
         _add_jobs_address(sub)
+
+    schedule = commands.add_parser(
+        "schedule", help="run tvp commands or pipelines as Ray jobs on a cron schedule",
+        description=("Schedules live in a database (default: WORKDIR/schedules.db, or $TVP_SCHEDULE_STORE, any "
+                     "SQLAlchemy URL) as plain JSON rows; tvp schedule serve is the process that submits each "
+                     "tick as a job, with an id made of the schedule and the tick's time, so a tick is "
+                     "submitted once even across scheduler restarts."),
+        epilog=('example: tvp schedule add nightly --cron "0 2 * * *" --address http://127.0.0.1:8265 -- '
+                "tvp run clip-continue --param data_root=s3://b/new"),
+    )
+    schedule_actions = schedule.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = schedule_actions.add_parser("add", help="add a schedule: a cron expression and the tvp command it runs")
+    add.add_argument("name", metavar="NAME", help="the schedule's name (letters, digits, - and _)")
+    add.add_argument("--cron", required=True,
+                     help="minute hour day month weekday (crontab's meaning), or six fields with seconds first")
+    add.add_argument("--timezone", default="UTC", help="time zone of the cron fields (default: UTC)")
+    add.add_argument("--overlap", choices=["skip", "allow"], default="skip",
+                     help="a tick while the previous tick's job runs: skip it, or allow both (default: skip)")
+    add.add_argument("--address", default=None,
+                     help="the Jobs API the ticks submit to, http://HEAD:8265 (default: $RAY_ADDRESS now)")
+    add.add_argument("job", nargs="*", metavar="-- COMMAND", help="the tvp command each tick runs, after --")
+    for action, text in (("list", "every schedule, its next tick and its latest outcome"),
+                         ("pause", "stop ticking (a running scheduler notices within seconds)"),
+                         ("resume", "tick again"), ("remove", "delete a schedule (its history stays)"),
+                         ("history", "a schedule's ticks: due time, job id, outcome and MLflow run"),
+                         ("serve", "the scheduler: submits due ticks as jobs until stopped")):
+        sub = schedule_actions.add_parser(action, help=text)
+        if action in ("pause", "resume", "remove", "history"):
+            sub.add_argument("name", metavar="NAME")
+        sub.add_argument("--store", default=None,
+                         help="the schedule database, a SQLAlchemy URL (default: $TVP_SCHEDULE_STORE, else "
+                              "sqlite:///WORKDIR/schedules.db)")
+        sub.add_argument("--workdir", default="tvp-demo", help="where the default store lives (default: ./tvp-demo)")
+    add.add_argument("--store", default=None, help="the schedule database (see tvp schedule list --help)")
+    add.add_argument("--workdir", default="tvp-demo", help="where the default store lives (default: ./tvp-demo)")
     return parser
 
 
@@ -518,7 +553,7 @@ def _run(args: argparse.Namespace) -> dict:
 def _submit(args: argparse.Namespace) -> dict:
     from cluster import job_submission as jobs
 
-    command = args.job[1:] if args.job[:1] == ["--"] else args.job
+    command = args.job
     address = jobs.dashboard_address(args.address)
     client = jobs.job_client(address)
     job = jobs.prepare_job(command, jobs.cluster_on_this_machine(address))
@@ -562,6 +597,58 @@ def _jobs(args: argparse.Namespace) -> None:
         print(f"job {args.job_id}: " + ("stop requested" if stopped else f"already {info.status.value.lower()}"))
 
 
+def _schedule(args: argparse.Namespace) -> None:
+    import re
+    from datetime import datetime, timezone
+
+    from cluster.schedule_store import Schedule, ScheduleStore
+
+    url = args.store or os.environ.get("TVP_SCHEDULE_STORE")
+    if not url:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{Path(args.workdir).resolve() / 'schedules.db'}"
+    store = ScheduleStore(url)
+    if args.action == "add":
+        from cluster.cron import cron_trigger
+        from cluster.job_submission import dashboard_address
+
+        command = args.job[1:] if args.job[:1] == ["tvp"] else args.job
+        if not command or command[0] in ("submit", "jobs", "schedule", "ui"):
+            raise _usage_error("give the tvp command a tick runs after --, e.g. -- tvp run clip-continue")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", args.name):
+            raise _usage_error(f"schedule name {args.name!r}: use letters, digits, - and _ (at most 64)")
+        trigger = cron_trigger(args.cron, args.timezone)  # a wrong expression fails here, not in the scheduler
+        store.add(Schedule(args.name, args.cron, args.timezone, command, dashboard_address(args.address),
+                           os.getcwd(), args.overlap))
+        first = trigger.get_next_fire_time(None, datetime.now(timezone.utc))
+        print(f"schedule {args.name} added: first tick {first:%Y-%m-%d %H:%M:%S %Z}, runs tvp {' '.join(command)}")
+        print(f"  it runs while a scheduler serves {url}: tvp schedule serve --store {url}")
+    elif args.action == "list":
+        for s in store.schedules():
+            ticks = list(store.ticks(s.name))
+            latest = f"latest {ticks[-1].fire_time} {ticks[-1].state}" if ticks else "no tick yet"
+            print(f"{s.name}  {s.cron} ({s.timezone})  {'paused' if s.paused else 'active'}  {latest}  "
+                  f"tvp {' '.join(s.command)}")
+    elif args.action in ("pause", "resume"):
+        store.set_paused(args.name, args.action == "pause")
+        print(f"schedule {args.name} {'paused' if args.action == 'pause' else 'resumed'}")
+    elif args.action == "remove":
+        store.remove(args.name)
+        print(f"schedule {args.name} removed")
+    elif args.action == "history":
+        from cluster.scheduler import Scheduler
+
+        store.get(args.name)
+        Scheduler(store, echo=lambda line: None).refresh(args.name)  # outcomes of jobs that ended since
+        for tick in store.ticks(args.name):
+            run = f"  MLflow run {tick.mlflow_run_id}" if tick.mlflow_run_id else ""
+            print(f"{tick.fire_time}  {tick.state:<10}  {tick.submission_id}{run}  {tick.detail}".rstrip())
+    elif args.action == "serve":
+        from cluster.scheduler import Scheduler
+
+        Scheduler(store).serve()
+
+
 def _inspect(args: argparse.Namespace) -> None:
     from components.data.shards.shard_set import work_index_dir
     from pipelines.inspect_shards import inspect_shards
@@ -601,11 +688,18 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    """The arguments; ``-v`` is accepted after the command too (``tvp demo -v``)."""
+    """The arguments; ``-v`` is accepted after the command too (``tvp demo -v``). What follows the first ``--``
+    is the command of ``tvp submit`` and ``tvp schedule add``, taken whole (argparse would mix it with NAME)."""
     parser = _build_parser()
-    args, unknown = parser.parse_known_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    job = argv[argv.index("--") + 1:] if "--" in argv else None
+    args, unknown = parser.parse_known_args(argv[:argv.index("--")] if job is not None else argv)
     if any(arg not in _VERBOSE_FLAGS for arg in unknown):
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if job is not None and not hasattr(args, "job"):
+        parser.error(f"tvp {args.command} takes no command after --")
+    if hasattr(args, "job"):
+        args.job = job or []
     args.verbose = args.verbose or bool(unknown)
     return args
 
@@ -621,7 +715,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with console:
             commands = {"demo": _demo, "demo-data": _demo_data, "ingest": _ingest, "inspect": _inspect, "train": _train, "finetune": _finetune, "evaluate": _evaluate,
-                        "promote": _promote, "run": _run, "submit": _submit, "jobs": _jobs}
+                        "promote": _promote, "run": _run, "submit": _submit, "jobs": _jobs,
+                        "schedule": _schedule}
             outputs = commands[args.command](args)
         write_step_outputs(outputs)
     except _KNOWN_ERRORS as exc:

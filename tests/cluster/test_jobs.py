@@ -1,9 +1,11 @@
-"""``tvp submit`` and ``tvp jobs`` against a real cluster (``ray start --head`` plus a worker node, token auth).
+"""``tvp submit``, ``tvp jobs`` and ``tvp schedule`` against a real cluster (``ray start --head`` plus a worker
+node, token auth).
 
 The one job of this suite that trains is the clip-demo pipeline: submitted,
 stopped by ``tvp jobs stop`` while it trains, and submitted again under the
 same pipeline run name, which resumes it: no step that finished runs again,
-and training continues in its own MLflow run.
+and training continues in its own MLflow run. The scheduler's ticks then
+submit evaluate-and-promote jobs for the model it registered.
 """
 
 from __future__ import annotations
@@ -59,8 +61,13 @@ def wait_until(condition, what: str, cluster: RayStartCluster, job: str, timeout
                          f"{cluster.job_log(job)[-5000:]}")
 
 
-def test_a_pipeline_job_stopped_while_training_resumes_when_submitted_again(cluster, tmp_path):
-    workdir = tmp_path / "work"
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """The work folder of the pipeline job; the schedule test evaluates the model it registered."""
+    return tmp_path_factory.mktemp("jobs") / "work"
+
+
+def test_a_pipeline_job_stopped_while_training_resumes_when_submitted_again(cluster, workdir):
     command = ["--", "tvp", "run", "clip-demo", "--workdir", str(workdir), "--name", "nightly",
                "--param", "epochs=2"]
     submitted = tvp(cluster, "submit", *command)
@@ -151,3 +158,69 @@ def test_what_must_not_travel_in_a_job_is_refused_before_submission(cluster, tmp
         import shutil
 
         shutil.rmtree(job.working_dir)
+
+
+def test_a_scheduler_killed_between_submitting_and_recording_neither_loses_nor_doubles_the_tick(cluster, workdir,
+                                                                                                tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from cluster.schedule_store import ScheduleStore
+    from tests.conftest import REPO, TVP
+
+    assert (workdir / "mlflow.db").is_file(), "needs the model the pipeline job registered"
+    store = f"sqlite:///{tmp_path / 'schedules.db'}"
+    heldout = workdir / "pipeline-data" / "shards" / "heldout"
+    added = tvp(cluster, "schedule", "add", "evals", "--cron", "*/2 * * * * *", "--store", store, "--",
+                "tvp", "run", "clip-evaluate-promote", "--param", f"data={heldout}", "--workdir", str(workdir))
+    assert added.returncode == 0 and "schedule evals added: first tick" in added.stdout, added.stderr
+    env = {**os.environ, **cluster.client_env}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    serve = [*TVP, "schedule", "serve", "--store", store]
+
+    crashed = subprocess.run(serve, cwd=REPO, env={**env, "TVP_SCHEDULER_FAULT": "exit-after-submit"},
+                             capture_output=True, text=True, timeout=120)
+    assert crashed.returncode == 137, crashed.stderr[-2000:]
+    [lost] = list(ScheduleStore(store).ticks("evals"))
+    assert lost.state == "SUBMITTING" and cluster.job_status(lost.submission_id) in ("PENDING", "RUNNING")
+
+    scheduler = subprocess.Popen(serve, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True)
+    try:
+        def settled() -> bool:
+            ticks = {t.fire_time: t for t in ScheduleStore(store).ticks("evals")}
+            return ticks[lost.fire_time].state == "SUCCEEDED" and any(t.state == "SKIPPED" for t in ticks.values())
+
+        deadline = time.monotonic() + 240
+        while not settled():  # the scheduler records the outcome within seconds of the job's end
+            assert time.monotonic() < deadline and scheduler.poll() is None, cluster.job_log(lost.submission_id)
+            time.sleep(1)
+        paused = tvp(cluster, "schedule", "pause", "evals", "--store", store)
+        assert paused.returncode == 0 and "schedule evals paused" in paused.stdout
+    finally:
+        scheduler.send_signal(signal.SIGTERM)
+        output = scheduler.communicate(timeout=60)[0]
+    assert scheduler.returncode == 0 and "scheduler stopped" in output, output[-3000:]
+    assert f"finishing the tick due {lost.fire_time} that a stopped scheduler left unrecorded" in output
+
+    ticks = list(ScheduleStore(store).ticks("evals"))
+    recovered = next(t for t in ticks if t.fire_time == lost.fire_time)
+    assert recovered.submission_id == lost.submission_id and recovered.mlflow_run_id  # the pipeline run it made
+    skipped = [t for t in ticks if t.state == "SKIPPED"]
+    assert all(f"job {lost.submission_id} of an earlier tick still runs" in t.detail for t in skipped[:1])
+    # Every submitted tick is one job on the cluster, and every job of the schedule belongs to a tick.
+    submitted = {t.submission_id for t in ticks if t.state not in ("SKIPPED", "REFUSED")}
+    listed = tvp(cluster, "jobs", "list").stdout
+    on_cluster = set(re.findall(r"^(tvp-evals-\S+)", listed, re.MULTILINE))
+    assert on_cluster == submitted and lost.submission_id in on_cluster, (listed, ticks)
+    history = tvp(cluster, "schedule", "history", "evals", "--store", store).stdout
+    assert f"{lost.fire_time}  SUCCEEDED   {lost.submission_id}  MLflow run {recovered.mlflow_run_id}" in history
+    listing = tvp(cluster, "schedule", "list", "--store", store).stdout
+    assert listing.startswith("evals  */2 * * * * * (UTC)  paused  latest ")
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    run = client.get_run(recovered.mlflow_run_id)
+    assert run.info.run_name == lost.submission_id and run.data.tags["tvp.step.promote.status"] == "FINISHED"
+    removed = tvp(cluster, "schedule", "remove", "evals", "--store", store)
+    assert removed.returncode == 0 and tvp(cluster, "schedule", "list", "--store", store).stdout == ""
