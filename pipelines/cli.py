@@ -199,6 +199,9 @@ def _build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("task", metavar="TASK", choices=task_names(), help=f"the model family: {', '.join(task_names())}")
     finetune.add_argument("--from", dest="parent", required=True, metavar="MODEL_URI",
                           help="models:/NAME@ALIAS, models:/NAME/VERSION or a checkpoint folder")
+    finetune.add_argument("--or-from", dest="fallback", metavar="MODEL_URI|scratch",
+                          help="where to start when --from names no registered version yet (no champion so far): "
+                               "another model URI, or scratch")
     _add_training_inputs(finetune, resume_help="run name; the same name resumes (default: TASK-finetune-<time>)")
     _add_config(finetune, default=None, default_help="TASK-finetune")
     _add_workdir(finetune)
@@ -235,6 +238,18 @@ def _build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--mode", choices=["max", "min"], default="max", help="higher or lower is better (default: max)")
     promote.add_argument("--alias", default="champion", help="the alias to move (default: champion)")
     _add_workdir(promote)
+
+    select = commands.add_parser(
+        "select-shards",
+        help="list the shard sets under a data root that a lineage of runs has not trained on yet",
+        description=("Look at the shard sets directly under ROOT (a folder, s3:// or gs://) and print those whose "
+                     "content hash no finished run tagged tvp.lineage=NAME recorded: what continued pretraining "
+                     "should train on next. Sets without a manifest (still being written) are skipped. As a "
+                     "pipeline step it hands on locations (a list), content_hashes and count."),
+    )
+    select.add_argument("root", metavar="ROOT", help="the folder whose sub-folders are shard sets")
+    select.add_argument("--lineage", required=True, metavar="NAME", help="the runs' tvp.lineage tag (see tvp train)")
+    _add_workdir(select)
 
     run = commands.add_parser(
         "run",
@@ -345,6 +360,9 @@ def _add_training_inputs(parser: argparse.ArgumentParser, resume_help: str) -> N
     parser.add_argument("--name", help=resume_help)
     parser.add_argument("--promote-if", metavar="METRIC",
                         help="after evaluation, move champion to the new version if METRIC beats the champion's")
+    parser.add_argument("--lineage", metavar="NAME",
+                        help="tag the run tvp.lineage=NAME: tvp select-shards --lineage NAME then skips the shard "
+                             "sets it trained on")
 
 
 def _add_config(parser: argparse.ArgumentParser, default: str | None = "tiny", default_help: str = "tiny") -> None:
@@ -359,13 +377,13 @@ def _add_workdir(parser: argparse.ArgumentParser) -> None:
                         help="work directory whose MLflow store to use unless MLFLOW_TRACKING_URI is set (default: ./tvp-demo)")
 
 
-def _tracking_uri(workdir: str) -> str:
+def _tracking_uri(workdir: str, must_exist: bool = True) -> str:
     from components.tracking.tracking_store import check_tracking_server, configure_fast_failure, resolve_tracking_uri
 
     uri = resolve_tracking_uri(workdir)
     configure_fast_failure()
     check_tracking_server(uri)
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+    if must_exist and uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise _usage_error(f"no MLflow store at {uri}: run tvp demo first, or set MLFLOW_TRACKING_URI")
     return uri
 
@@ -400,6 +418,9 @@ def _train(args: argparse.Namespace, parent_uri: str | None = None) -> dict:
     for location in [*args.data, *([args.eval] if args.eval else [])]:
         ShardSet.open(location, work_index_dir(workdir))  # every input is a usable shard set, before anything starts
     tracking_uri = prepare_services(workdir, args.address)
+    if parent_uri and getattr(args, "fallback", None) and not _registered(parent_uri, tracking_uri):
+        print(f"{parent_uri} names no registered version yet: starting from {args.fallback}")
+        parent_uri = None if args.fallback == "scratch" else args.fallback
     with tempfile.TemporaryDirectory() as tmp:
         parent = None
         if parent_uri:
@@ -411,7 +432,7 @@ def _train(args: argparse.Namespace, parent_uri: str | None = None) -> dict:
             cfg.tracking.registered_model = parent.registered_model  # versions of the same model: comparable
         default_name = f"{args.task}-{purpose + '-' if parent_uri else ''}{time.strftime('%Y%m%d-%H%M%S')}"
         result = run_training(args.task, cfg, sources, args.eval, workdir, args.name or default_name, tracking_uri,
-                              args.promote_if, parent)
+                              args.promote_if, parent, tags={"tvp.lineage": args.lineage} if args.lineage else None)
     print(f"run {result.run_name} ({result.run_id}): registered {result.registered_model} "
           f"version {result.model_version}")
     for name, value in sorted(result.metrics.items()):
@@ -419,6 +440,41 @@ def _train(args: argparse.Namespace, parent_uri: str | None = None) -> dict:
     outputs = result.as_dict()
     outputs["model_uri"] = f"models:/{result.registered_model}/{result.model_version}"  # this version, not @latest
     return outputs
+
+
+def _registered(model_uri: str, tracking_uri: str) -> bool:
+    """Whether a models:/ URI names a registered version now (a checkpoint folder counts if it exists)."""
+    if not model_uri.startswith("models:/"):
+        return Path(model_uri).exists()
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from components.tracking.registry import resolve_model_version
+
+    try:
+        resolve_model_version(MlflowClient(tracking_uri, registry_uri=tracking_uri), model_uri)
+    except MlflowException:
+        return False
+    return True
+
+
+def _select_shards(args: argparse.Namespace) -> dict:
+    from components.data.shards.shard_set import work_index_dir
+    from pipelines.select_shards import select_new_shard_sets
+
+    tracking_uri = _tracking_uri(args.workdir, must_exist=False)
+    selection = select_new_shard_sets(args.root, args.lineage, tracking_uri,
+                                      work_index_dir(Path(args.workdir).resolve()))
+    for location, digest in selection.new:
+        print(f"new: {location} ({digest[:12]})")
+    for location in selection.unfinished[:5]:
+        print(f"skipped: {location} has no manifest (unfinished, or another tool's set never indexed)")
+    if len(selection.unfinished) > 5:
+        print(f"skipped: {len(selection.unfinished) - 5} more folders without a manifest")
+    print(f"{len(selection.new)} new shard sets under {args.root}; {selection.trained} trained on already by "
+          f"lineage {args.lineage}")
+    return {"locations": [loc for loc, _ in selection.new], "content_hashes": [h for _, h in selection.new],
+            "count": len(selection.new), "trained": selection.trained}
 
 
 def _finetune(args: argparse.Namespace) -> dict:
@@ -715,7 +771,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with console:
             commands = {"demo": _demo, "demo-data": _demo_data, "ingest": _ingest, "inspect": _inspect, "train": _train, "finetune": _finetune, "evaluate": _evaluate,
-                        "promote": _promote, "run": _run, "submit": _submit, "jobs": _jobs,
+                        "promote": _promote, "run": _run, "submit": _submit, "jobs": _jobs, "select-shards": _select_shards,
                         "schedule": _schedule}
             outputs = commands[args.command](args)
         write_step_outputs(outputs)

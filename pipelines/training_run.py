@@ -72,8 +72,10 @@ def run_training(
     promote_if: str | None = None,
     parent: Parent | None = None,
     echo: Echo = print,
+    tags: dict[str, str] | None = None,
 ) -> TrainingOutcome:
-    """Train (or fine-tune from ``parent``), evaluate in the workers, register, and maybe promote."""
+    """Train (or fine-tune from ``parent``), evaluate in the workers, register, and maybe promote.
+    ``tags`` go on the run and its registered version with the lineage (``tvp.lineage``, say)."""
     if promote_if and eval_location is None:
         raise PromotionError(f"--promote-if {promote_if} needs evaluation data (--eval)")
     if eval_location is None and cfg.train.checkpoint_metric not in TRAIN_METRICS:
@@ -94,6 +96,7 @@ def run_training(
         "tvp.task": task_name,
         **(parent.tags if parent else {}),
         **library_versions(),
+        **(tags or {}),
     }
     if evaluation:
         lineage["eval_data_manifest_hash"] = evaluation["facts"]["content_hash"]

@@ -1,7 +1,7 @@
 """The record of one pipeline run: an MLflow run whose tags say, step by step, what happened.
 
 Each step has tags ``tvp.step.NAME.status`` (RUNNING, FINISHED, FAILED,
-STOPPED), ``.outputs`` (the JSON it handed on), ``.duration_s``, ``.command``
+STOPPED, SKIPPED), ``.outputs`` (the JSON it handed on), ``.duration_s``, ``.command``
 (secrets masked), ``.exit_code`` and ``.mlflow_run_id`` (the step's own
 MLflow run: a training step keeps its one run across resumes), and a metric
 ``step_duration_s.NAME``. The run is found again by its name, so a pipeline
@@ -22,7 +22,7 @@ from components.tracking.run_tracker import RUN_NAME_TAG, RunConflict, RunTracke
 from pipelines.config import ConfigError
 
 EXPERIMENT = "tvp-pipelines"
-FINISHED, RUNNING, FAILED, STOPPED = "FINISHED", "RUNNING", "FAILED", "STOPPED"
+FINISHED, RUNNING, FAILED, STOPPED, SKIPPED = "FINISHED", "RUNNING", "FAILED", "STOPPED", "SKIPPED"
 
 
 def _find(client: MlflowClient, run_name: str):
@@ -91,7 +91,7 @@ class PipelineRecord:
     def ended(self, step: str, status: str, exit_code: int, duration_s: float, outputs: dict[str, Any]) -> None:
         tags = {_tag(step, "status"): status, _tag(step, "exit_code"): exit_code,
                 _tag(step, "duration_s"): round(duration_s, 1)}
-        if status == FINISHED:
+        if status in (FINISHED, SKIPPED):
             tags[_tag(step, "outputs")] = json.dumps(outputs, sort_keys=True, default=str)
         if outputs.get("run_id"):
             tags[_tag(step, "mlflow_run_id")] = outputs["run_id"]

@@ -36,8 +36,8 @@ from typing import Any, Callable
 
 from components.errors import TvpError
 from pipelines.step_outputs import OUTPUTS_ENV, read_step_outputs
-from pipelines.workflow_record import FAILED, FINISHED, STOPPED, PipelineRecord
-from pipelines.workflow_spec import PipelineSpec, render
+from pipelines.workflow_record import FAILED, FINISHED, SKIPPED, STOPPED, PipelineRecord
+from pipelines.workflow_spec import PipelineSpec, references, render, should_run
 
 Echo = Callable[[str], None]
 WORKDIR_COMMANDS = {"demo", "train", "finetune", "evaluate", "promote", "inspect"}
@@ -118,16 +118,26 @@ def run_pipeline(spec: PipelineSpec, file_hash: str, params: dict[str, str], run
     with tempfile.TemporaryDirectory(prefix="tvp-run-") as tmp:
         for number, step in enumerate(spec.steps, 1):
             where = f"[{number}/{len(spec.steps)}] {step.name}"
-            if record.status(step.name) == FINISHED:
+            if record.status(step.name) in (FINISHED, SKIPPED):
                 outputs[step.name] = record.outputs(step.name)
-                results.append(StepResult(step.name, FINISHED, 0.0, outputs[step.name], skipped=True))
-                echo(f"{where}: finished in an earlier attempt, not run again")
+                results.append(StepResult(step.name, record.status(step.name), 0.0, outputs[step.name], skipped=True))
+                echo(f"{where}: {record.status(step.name).lower()} in an earlier attempt, not run again")
                 continue
             try:
-                argv = step_arguments(step, render(step, params, outputs, run_fields), run_name, workdir)
+                skipped_inputs = sorted(s for s in references(step) if record.status(s) == SKIPPED)
+                run_it = not skipped_inputs and should_run(step, params, outputs, run_fields)
+                argv = step_arguments(step, render(step, params, outputs, run_fields), run_name, workdir) if run_it \
+                    else []
             except TvpError:
                 record.close(FAILED)
                 raise
+            if not run_it:
+                why = f"step {skipped_inputs[0]} was skipped" if skipped_inputs else f"if: {step.run_if} is false"
+                record.ended(step.name, SKIPPED, 0, 0.0, {})
+                outputs[step.name] = {}
+                results.append(StepResult(step.name, SKIPPED, 0.0, {}))
+                echo(f"{where}: skipped ({why})")
+                continue
             echo(f"{where}: tvp {' '.join(argv)}")
             record.started(step.name, argv)
             out_file = Path(tmp) / f"{step.name}.json"

@@ -14,7 +14,12 @@ steps:
 ```
 
 ``run`` is an argument list, or one string split as a shell would (no shell
-runs it). References, checked when the file is loaded:
+runs it). A step with ``if: ${steps.select.count}`` runs only when that
+renders to a true value (not empty, 0, false or no); a skipped step's
+dependants are skipped too. An argument that is a single reference to a list
+output becomes one argument per item, its option repeated
+(``--data ${steps.select.locations}`` → ``--data a --data b``).
+References, checked when the file is loaded:
 - ``${params.NAME}``: a parameter declared under ``params``;
 - ``${steps.STEP.KEY}``: an output of an earlier step (``KEY`` may be dotted,
   ``metrics.zero_shot_top1``); which keys a command hands on is listed in
@@ -50,6 +55,7 @@ STEP_OUTPUTS: dict[str, tuple[str, ...]] = {
     "train": ("run_id", "run_name", "experiment", "registered_model", "model_version", "model_uri",
               "checkpoint_uri", "data_manifest_hash", "metrics", "promotion"),
     "evaluate": ("model_uri", "metrics"),
+    "select-shards": ("locations", "content_hashes", "count", "trained"),
     "promote": ("model_uri", "promoted", "reason"),
 }
 STEP_OUTPUTS["finetune"] = STEP_OUTPUTS["train"]
@@ -61,8 +67,11 @@ class _Strict(BaseModel):
 
 
 class Step(_Strict):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
     name: str = Field(pattern=STEP_NAME, description="how later steps and the run record refer to this step")
     run: list[str] = Field(min_length=2, description="the tvp command: an argument list or one shell-style string")
+    run_if: str | None = Field(None, alias="if", description="run only if this renders to a true value (not empty, "
+                                                             "0, false or no); otherwise the step is skipped")
     description: str = ""
 
     @field_validator("run", mode="before")
@@ -104,7 +113,7 @@ class PipelineSpec(_Strict):
         for step in self.steps:
             if step.name in seen:
                 raise ValueError(f"two steps are named {step.name!r}")
-            for arg in step.run:
+            for arg in [*step.run, *([step.run_if] if step.run_if else [])]:
                 for ref in REFERENCE.findall(arg):
                     _check_reference(ref, step, self.params, seen)
             seen[step.name] = step
@@ -185,23 +194,52 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def references(step: Step) -> set[str]:
+    """The earlier steps whose outputs ``step`` uses (in its command or its condition)."""
+    texts = [*step.run, *([step.run_if] if step.run_if else [])]
+    return {ref.split(".")[1] for text in texts for ref in REFERENCE.findall(text) if ref.startswith("steps.")}
+
+
+def _lookup(step: Step, ref: str, params: dict[str, str], outputs: dict[str, dict[str, Any]],
+            run: dict[str, str]) -> Any:
+    parts = ref.split(".")
+    if parts[0] == "params":
+        return params[parts[1]]
+    if parts[0] == "run":
+        return run[parts[1]]
+    found: Any = outputs.get(parts[1], {})
+    for key in parts[2:]:
+        if not isinstance(found, dict) or key not in found:
+            raise ConfigError(f"step {step.name!r}: ${{{ref}}} has no value (step {parts[1]!r} did not hand it on)")
+        found = found[key]
+    if found is None:
+        raise ConfigError(f"step {step.name!r}: ${{{ref}}} is empty")
+    return found
+
+
 def render(step: Step, params: dict[str, str], outputs: dict[str, dict[str, Any]], run: dict[str, str]) -> list[str]:
-    """The step's arguments after ``tvp`` with every reference replaced by its value."""
+    """The step's arguments after ``tvp`` with every reference replaced by its value.
 
-    def value(match: re.Match) -> str:
-        parts = match.group(1).split(".")
-        if parts[0] == "params":
-            return params[parts[1]]
-        if parts[0] == "run":
-            return run[parts[1]]
-        found: Any = outputs.get(parts[1], {})
-        for key in parts[2:]:
-            if not isinstance(found, dict) or key not in found:
-                raise ConfigError(f"step {step.name!r}: ${{{match.group(1)}}} has no value (step {parts[1]!r} "
-                                  "did not hand it on)")
-            found = found[key]
-        if found is None:
-            raise ConfigError(f"step {step.name!r}: ${{{match.group(1)}}} is empty")
-        return _text(found)
+    An argument that is one reference to a list (``--data ${steps.select.locations}``) becomes one argument
+    per item, with the option before it repeated: ``--data a --data b``.
+    """
+    rendered: list[str] = []
+    for arg in step.run[1:]:
+        whole = REFERENCE.fullmatch(arg)
+        value = _lookup(step, whole.group(1), params, outputs, run) if whole else None
+        if isinstance(value, list):
+            if not value:
+                raise ConfigError(f"step {step.name!r}: {arg} is an empty list")
+            option = rendered.pop() if rendered and rendered[-1].startswith("-") else None
+            for item in value:
+                rendered += [option, _text(item)] if option else [_text(item)]
+            continue
+        rendered.append(REFERENCE.sub(lambda m: _text(_lookup(step, m.group(1), params, outputs, run)), arg))
+    return rendered
 
-    return [REFERENCE.sub(value, arg) for arg in step.run[1:]]
+
+def should_run(step: Step, params: dict[str, str], outputs: dict[str, dict[str, Any]], run: dict[str, str]) -> bool:
+    if step.run_if is None:
+        return True
+    text = REFERENCE.sub(lambda m: _text(_lookup(step, m.group(1), params, outputs, run)), step.run_if)
+    return text.strip().lower() not in ("", "0", "false", "no", "[]")

@@ -46,6 +46,11 @@ class ShardStore:
         selector = pafs.FileSelector(self.path(folder) if folder else self.root, allow_not_found=True)
         return sorted(i.base_name for i in self.fs.get_file_info(selector) if i.type == pafs.FileType.File)
 
+    def folders(self) -> list[str]:
+        """Names of the folders directly inside the root, sorted (none when the root does not exist)."""
+        selector = pafs.FileSelector(self.root, allow_not_found=True)
+        return sorted(i.base_name for i in self.fs.get_file_info(selector) if i.type == pafs.FileType.Directory)
+
     def read_bytes(self, name: str) -> bytes:
         with self.fs.open_input_stream(self.path(name)) as f:
             return f.read()
