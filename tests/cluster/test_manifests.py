@@ -210,6 +210,24 @@ def test_launcher_configs_pass_rays_own_validation(path):
     validate_launcher(documents(path)[0])
 
 
+def entrypoints() -> list[tuple[str, str]]:
+    return [(where, e) for where, r in KUBERAY_RESOURCES for e in _values_of(r["spec"], "entrypoint")]
+
+
+@pytest.mark.parametrize("where,entrypoint", entrypoints(), ids=[w for w, _ in entrypoints()])
+def test_job_entrypoints_are_tvp_runs_of_shipped_pipelines_with_their_parameters(where, entrypoint):
+    from pipelines.cli import _build_parser
+    from pipelines.workflow_spec import load_pipeline, resolve_params
+
+    # The submitter's shell expands $(date ...) (the RayCronJob's daily run name) before Ray sees it.
+    words = shlex.split(re.sub(r"\$\(date [^)]*\)", "20261130", entrypoint))
+    assert words[:2] == ["tvp", "run"], where
+    args = _build_parser().parse_args(words[1:])
+    spec, _ = load_pipeline(args.pipeline)
+    resolve_params(spec, args.param)  # raises for an unknown or a missing parameter
+    assert args.name and args.workdir == "/mnt/tvp/work", "a resumable name, and the work volume every pod mounts"
+
+
 def test_images_pin_what_pyproject_pins_and_run_as_a_user():
     import tomllib
 
