@@ -336,6 +336,9 @@ def _build_parser() -> argparse.ArgumentParser:
                          help="the schedule database, a SQLAlchemy URL (default: $TVP_SCHEDULE_STORE, else "
                               "sqlite:///WORKDIR/schedules.db)")
         sub.add_argument("--workdir", default="tvp-demo", help="where the default store lives (default: ./tvp-demo)")
+    from pipelines.ui import add_ui_parser
+
+    add_ui_parser(commands)
     add.add_argument("--store", default=None, help="the schedule database (see tvp schedule list --help)")
     add.add_argument("--workdir", default="tvp-demo", help="where the default store lives (default: ./tvp-demo)")
     return parser
@@ -705,6 +708,12 @@ def _schedule(args: argparse.Namespace) -> None:
         Scheduler(store).serve()
 
 
+def _ui(args: argparse.Namespace) -> None:
+    from pipelines.ui import run_ui
+
+    run_ui(args)
+
+
 def _inspect(args: argparse.Namespace) -> None:
     from components.data.shards.shard_set import work_index_dir
     from pipelines.inspect_shards import inspect_shards
@@ -772,7 +781,7 @@ def main(argv: list[str] | None = None) -> int:
         with console:
             commands = {"demo": _demo, "demo-data": _demo_data, "ingest": _ingest, "inspect": _inspect, "train": _train, "finetune": _finetune, "evaluate": _evaluate,
                         "promote": _promote, "run": _run, "submit": _submit, "jobs": _jobs, "select-shards": _select_shards,
-                        "schedule": _schedule}
+                        "schedule": _schedule, "ui": _ui}
             outputs = commands[args.command](args)
         write_step_outputs(outputs)
     except _KNOWN_ERRORS as exc:
