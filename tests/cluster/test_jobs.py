@@ -23,9 +23,14 @@ from tests.cluster.ray_start_cluster import RayStartCluster
 from tests.conftest import run_tvp
 
 
+# Secrets the cluster and the client hold, as operators give them (environment); none may be written anywhere.
+PLANTED = "planted-secret-7f3e9a1c"
+SECRET_ENV = {"MLFLOW_TRACKING_PASSWORD": PLANTED, "AWS_SECRET_ACCESS_KEY": PLANTED, "RAY_TEST_API_TOKEN": PLANTED}
+
+
 @pytest.fixture(scope="module")
 def cluster():
-    started = RayStartCluster()
+    started = RayStartCluster(env=SECRET_ENV)
     yield started
     started.stop()
 
@@ -70,7 +75,7 @@ def workdir(tmp_path_factory) -> Path:
 def test_a_pipeline_job_stopped_while_training_resumes_when_submitted_again(cluster, workdir):
     command = ["--", "tvp", "run", "clip-demo", "--workdir", str(workdir), "--name", "nightly",
                "--param", "epochs=2"]
-    submitted = tvp(cluster, "submit", *command)
+    submitted = tvp(cluster, "submit", *command, **SECRET_ENV)
     assert submitted.returncode == 0, submitted.stderr[-3000:]
     first = job_id(submitted.stdout)
 
@@ -89,7 +94,7 @@ def test_a_pipeline_job_stopped_while_training_resumes_when_submitted_again(clus
     stopped_run, client = training_run(workdir, "nightly-train")
     assert stopped_run.info.status == "KILLED"  # stopped after its checkpoint: resumable
 
-    again = tvp(cluster, "submit", "--wait", *command)
+    again = tvp(cluster, "submit", "--wait", *command, **SECRET_ENV)
     assert again.returncode == 0, (again.stdout[-4000:], again.stderr[-2000:])
     for step in ("tables", "shards", "heldout"):
         assert f"{step}: finished in an earlier attempt, not run again" in again.stdout
@@ -106,6 +111,16 @@ def test_a_pipeline_job_stopped_while_training_resumes_when_submitted_again(clus
 
     listed = tvp(cluster, "jobs", "list").stdout
     assert f"{first}  STOPPED" in listed and f"{job_id(again.stdout)}  SUCCEEDED" in listed
+
+    # The planted secrets are nowhere: not in the jobs as the Jobs API shows them (entrypoint, runtime
+    # environment, metadata, logs), not in the work folder (logs, MLflow store, artifacts, checkpoints), not in
+    # the cluster's own session files.
+    for job in (first, job_id(again.stdout)):
+        shown = json.dumps(cluster._get(f"/api/jobs/{job}")) + cluster.job_log(job)
+        assert PLANTED not in shown
+    for folder in (workdir, Path(cluster.temp_dir)):
+        holding = [str(p) for p in folder.rglob("*") if p.is_file() and PLANTED.encode() in p.read_bytes()]
+        assert not holding, holding
 
 
 def test_jobs_need_the_clusters_token_and_a_real_address(cluster):
