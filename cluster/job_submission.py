@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
+import shlex
 import shutil
 import socket
 import sys
@@ -35,7 +35,7 @@ from typing import Callable, Iterator
 from urllib.parse import urlparse
 
 from components.errors import TvpError
-from components.tracking.redaction import _SECRET_KEY, redact_value
+from components.tracking.redaction import is_secret_key, redact_value
 from components.tracking.tracking_store import is_local_store
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -124,7 +124,7 @@ class PreparedJob:
 
 def _looks_secret(arg: str) -> bool:
     key, sep, value = arg.partition("=")
-    if sep and value and _SECRET_KEY.search(key.split(".")[-1].lstrip("-")):
+    if sep and value and is_secret_key(key.split(".")[-1].lstrip("-")):
         return True
     return redact_value(arg) != arg  # a URL with a password in it
 
@@ -208,13 +208,7 @@ def prepare_job(args: list[str], on_this_machine: bool, cwd: Path | None = None)
     entry += [client_version(), "--", *args]
     env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
     runtime_env = {"working_dir": str(working_dir), **({"env_vars": env} if env else {})}
-    return PreparedJob(" ".join(_quote(a) for a in entry), runtime_env, working_dir, notes)
-
-
-def _quote(arg: str) -> str:
-    import shlex
-
-    return shlex.quote(arg)
+    return PreparedJob(shlex.join(entry), runtime_env, working_dir, notes)
 
 
 def submit(client, job: PreparedJob, submission_id: str | None = None, metadata: dict | None = None) -> str:
@@ -264,8 +258,3 @@ def describe(info) -> Iterator[str]:
     if info.metadata:
         yield "  metadata: " + ", ".join(f"{k}={v}" for k, v in sorted(info.metadata.items()))
 
-
-def version_note(logs: str) -> str | None:
-    """The warning the job's entrypoint printed when the cluster's tvp differs from the client's."""
-    match = re.search(r"tvp: warning: this cluster has tvp .*", logs)
-    return match.group(0) if match else None

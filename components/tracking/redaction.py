@@ -15,6 +15,11 @@ _SECRET_KEY = re.compile(
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<password>[^@/\s]+)@", re.IGNORECASE)
 
 
+def is_secret_key(key: str) -> bool:
+    """Whether a setting of this name holds a secret (``password``, ``mlflow_token``, ``aws_secret_key``...)."""
+    return bool(_SECRET_KEY.search(key))
+
+
 def redact_value(value: Any) -> Any:
     if isinstance(value, str):
         return _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", value)
