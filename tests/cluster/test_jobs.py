@@ -1,17 +1,19 @@
 """``tvp submit``, ``tvp jobs`` and ``tvp schedule`` against a real cluster (``ray start --head`` plus a worker
 node, token auth).
 
-The one job of this suite that trains is the clip-demo pipeline: submitted,
-stopped by ``tvp jobs stop`` while it trains, and submitted again under the
-same pipeline run name, which resumes it: no step that finished runs again,
-and training continues in its own MLflow run. The scheduler's ticks then
-submit evaluate-and-promote jobs for the model it registered.
+One job ingests the demo's data as a new shard set under a data root; the
+continued-pretraining pipeline (``clip-continue``) is then submitted, stopped
+by ``tvp jobs stop`` while it trains, and submitted again under the same
+pipeline run name, which resumes it: no step that finished runs again, and
+training continues in its own MLflow run. The next run finds nothing new.
+The scheduler's ticks then submit evaluate-and-promote jobs.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -44,13 +46,10 @@ def job_id(output: str) -> str:
 
 
 def training_run(workdir: Path, name: str):
-    """The training run named ``name`` (None before it exists) and a client of the work folder's store;
-    call it once the store exists (a client's first look creates and migrates the database)."""
+    """The training run named ``name`` (None before it exists) and a client of the work folder's store."""
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("tvp")
-    if experiment is None:
-        return None, client
-    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`tvp.run_name` = '{name}'")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, filter_string=f"tags.`tvp.run_name` = '{name}'")
     return (runs[0] if runs else None), client
 
 
@@ -67,21 +66,34 @@ def wait_until(condition, what: str, cluster: RayStartCluster, job: str, timeout
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    """The work folder of the pipeline job; the schedule test evaluates the model it registered."""
-    return tmp_path_factory.mktemp("jobs") / "work"
+def workdir(demo_run, tmp_path_factory) -> Path:
+    """The jobs' work folder, with a copy of the demo's MLflow store: its registered model is where continued
+    pretraining starts while there is no champion, and the schedule test evaluates what the jobs register."""
+    work = tmp_path_factory.mktemp("jobs") / "work"
+    work.mkdir()
+    shutil.copy(demo_run["workdir"] / "mlflow.db", work / "mlflow.db")
+    return work
 
 
-def test_a_pipeline_job_stopped_while_training_resumes_when_submitted_again(cluster, workdir):
-    command = ["--", "tvp", "run", "clip-demo", "--workdir", str(workdir), "--name", "nightly",
-               "--param", "epochs=2"]
+def test_continued_pretraining_jobs_stopped_while_training_resume_and_then_find_nothing_new(cluster, workdir,
+                                                                                             demo_run):
+    demo, model = demo_run["workdir"], demo_run["summary"]["registered_model"]
+    arrivals = workdir.parent / "arrivals"
+    # A job that ingests the demo's data: a shard set arrives under the data root.
+    ingested = tvp(cluster, "submit", "--wait", "--", "tvp", "ingest", "image-text",
+                   str(demo / "source" / "train.parquet"), "--output", str(arrivals / "day-1"), "--image-size", "32",
+                   **SECRET_ENV)
+    assert ingested.returncode == 0 and "samples from" in ingested.stdout, ingested.stdout[-3000:]
+    (arrivals / "day-2").mkdir()  # a set still being written: no manifest yet
+    params = ["--param", f"data_root={arrivals}", "--param", f"heldout={demo / 'shards' / 'heldout'}",
+              "--param", f"model={model}", "--param", f"base=models:/{model}@latest", "--param", "epochs=2",
+              "--param", "config=clip-finetune", "--param", "lineage=nightly"]
+    command = ["--", "tvp", "run", "clip-continue", "--workdir", str(workdir), "--name", "nightly", *params]
     submitted = tvp(cluster, "submit", *command, **SECRET_ENV)
     assert submitted.returncode == 0, submitted.stderr[-3000:]
     first = job_id(submitted.stdout)
 
     def training_logged() -> bool:
-        if "[4/6] train: tvp train" not in cluster.job_log(first):  # the job made the store well before
-            return False
         run, client = training_run(workdir, "nightly-train")
         return run is not None and bool(client.get_metric_history(run.info.run_id, "loss"))
 
@@ -91,23 +103,38 @@ def test_a_pipeline_job_stopped_while_training_resumes_when_submitted_again(clus
     wait_until(lambda: cluster.job_status(first) == "STOPPED", "the job to stop", cluster, first, timeout=120)
     logs = tvp(cluster, "jobs", "logs", first).stdout
     assert "step train was stopped; run the same command with --name nightly to resume from it" in logs, logs[-3000:]
+    assert f"new: {arrivals / 'day-1'}" in logs and f"skipped: {arrivals / 'day-2'} has no manifest" in logs
+    assert f"models:/{model}@champion names no registered version yet: starting from models:/{model}@latest" in logs
     stopped_run, client = training_run(workdir, "nightly-train")
     assert stopped_run.info.status == "KILLED"  # stopped after its checkpoint: resumable
 
     again = tvp(cluster, "submit", "--wait", *command, **SECRET_ENV)
     assert again.returncode == 0, (again.stdout[-4000:], again.stderr[-2000:])
-    for step in ("tables", "shards", "heldout"):
-        assert f"{step}: finished in an earlier attempt, not run again" in again.stdout
+    assert "select: finished in an earlier attempt, not run again" in again.stdout
     assert "promoted: " in again.stdout and f"job {job_id(again.stdout)} succeeded (exit code 0)" in again.stdout
     resumed_run, _ = training_run(workdir, "nightly-train")
     assert resumed_run.info.run_id == stopped_run.info.run_id  # one MLflow run for the training job
     assert resumed_run.info.status == "FINISHED" and resumed_run.data.tags["tvp.resumed"] == "1"
-    pipeline = client.search_runs([client.get_experiment_by_name("tvp-pipelines").experiment_id])
-    assert len(pipeline) == 1 and pipeline[0].info.status == "FINISHED"
-    tags = pipeline[0].data.tags
-    assert tags["tvp.step.train.attempts"] == "2" and tags["tvp.step.shards.attempts"] == "1"
-    assert tags["tvp.step.train.mlflow_run_id"] == resumed_run.info.run_id
+    arrived = json.loads((arrivals / "day-1" / "manifest.json").read_text())["content_hash"]
+    assert resumed_run.data.tags["tvp.lineage"] == "nightly" and resumed_run.data.tags["data_manifest_hash"] == arrived
+    pipelines = client.get_experiment_by_name("tvp-pipelines").experiment_id
+    [pipeline] = client.search_runs([pipelines])
+    tags = pipeline.data.tags
+    assert pipeline.info.status == "FINISHED" and tags["tvp.step.train.attempts"] == "2"
+    assert tags["tvp.step.select.attempts"] == "1" and tags["tvp.step.train.mlflow_run_id"] == resumed_run.info.run_id
     assert json.loads(tags["tvp.step.promote.outputs"])["promoted"] is True  # the first champion
+    champion = client.get_model_version_by_alias(model, "champion")
+    assert champion.run_id == resumed_run.info.run_id
+
+    # The next tick finds nothing new: the lineage trained on day-1, day-2 is unfinished.
+    nothing = run_tvp("run", "clip-continue", "--workdir", str(workdir), "--name", "nightly-2", *params,
+                      env={"MLFLOW_TRACKING_URI": None})
+    assert nothing.returncode == 0, nothing.stderr[-3000:]
+    assert "0 new shard sets under" in nothing.stdout and "1 trained on already by lineage nightly" in nothing.stdout
+    for step in ("train", "evaluate", "promote"):
+        assert f"] {step}: skipped (" in nothing.stdout
+    [second] = client.search_runs([pipelines], "tags.`tvp.run_name` = 'nightly-2'")
+    assert second.data.tags["tvp.step.train.status"] == "SKIPPED"
 
     listed = tvp(cluster, "jobs", "list").stdout
     assert f"{first}  STOPPED" in listed and f"{job_id(again.stdout)}  SUCCEEDED" in listed
@@ -115,7 +142,7 @@ def test_a_pipeline_job_stopped_while_training_resumes_when_submitted_again(clus
     # The planted secrets are nowhere: not in the jobs as the Jobs API shows them (entrypoint, runtime
     # environment, metadata, logs), not in the work folder (logs, MLflow store, artifacts, checkpoints), not in
     # the cluster's own session files.
-    for job in (first, job_id(again.stdout)):
+    for job in (job_id(ingested.stdout), first, job_id(again.stdout)):
         shown = json.dumps(cluster._get(f"/api/jobs/{job}")) + cluster.job_log(job)
         assert PLANTED not in shown
     for folder in (workdir, Path(cluster.temp_dir)):
@@ -176,7 +203,7 @@ def test_what_must_not_travel_in_a_job_is_refused_before_submission(cluster, tmp
 
 
 def test_a_scheduler_killed_between_submitting_and_recording_neither_loses_nor_doubles_the_tick(cluster, workdir,
-                                                                                                tmp_path):
+                                                                                                demo_run, tmp_path):
     import os
     import signal
     import subprocess
@@ -185,11 +212,12 @@ def test_a_scheduler_killed_between_submitting_and_recording_neither_loses_nor_d
     from cluster.schedule_store import ScheduleStore
     from tests.conftest import REPO, TVP
 
-    assert (workdir / "mlflow.db").is_file(), "needs the model the pipeline job registered"
     store = f"sqlite:///{tmp_path / 'schedules.db'}"
-    heldout = workdir / "pipeline-data" / "shards" / "heldout"
+    heldout = demo_run["workdir"] / "shards" / "heldout"
+    model = demo_run["summary"]["registered_model"]
     added = tvp(cluster, "schedule", "add", "evals", "--cron", "*/2 * * * * *", "--store", store, "--",
-                "tvp", "run", "clip-evaluate-promote", "--param", f"data={heldout}", "--workdir", str(workdir))
+                "tvp", "run", "clip-evaluate-promote", "--param", f"data={heldout}", "--param",
+                f"model=models:/{model}@latest", "--workdir", str(workdir))
     assert added.returncode == 0 and "schedule evals added: first tick" in added.stdout, added.stderr
     env = {**os.environ, **cluster.client_env}
     env.pop("MLFLOW_TRACKING_URI", None)
