@@ -100,6 +100,19 @@ def _refusal(uri: str, code: int) -> str:
     return f"MLflow tracking server {uri} refused {given} with HTTP {code}: check them"
 
 
+def _http_status(uri: str, url: str, headers: dict[str, str], timeout: float) -> int:
+    """The HTTP status of a GET of ``url`` on server ``uri``; ``TrackingUnavailable`` when nothing answers."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as response:
+            response.read()
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TrackingUnavailable(f"MLflow tracking server {uri} is unreachable: {reason}") from exc
+
+
 def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
     """Raise ``TrackingUnavailable`` unless an HTTP tracking server is healthy and accepts our credentials.
 
@@ -109,24 +122,12 @@ def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
     if not uri.startswith(("http://", "https://")):
         return
     base = uri.rstrip("/")
-    try:
-        with urllib.request.urlopen(base + "/health", timeout=timeout) as response:
-            response.read()
-    except urllib.error.HTTPError as exc:
-        raise TrackingUnavailable(f"MLflow tracking server {uri} answered its health check with HTTP {exc.code}") from exc
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise TrackingUnavailable(f"MLflow tracking server {uri} is unreachable: {reason}") from exc
-    search = urllib.request.Request(base + "/api/2.0/mlflow/experiments/search?max_results=1",
-                                    headers=_credential_headers())
-    try:
-        with urllib.request.urlopen(search, timeout=timeout) as response:
-            response.read()
-    except urllib.error.HTTPError as exc:
-        if exc.code in (401, 403):
-            raise TrackingUnavailable(_refusal(uri, exc.code)) from exc
-        raise TrackingUnavailable(f"MLflow tracking server {uri} answered an experiment search with "
-                                  f"HTTP {exc.code}") from exc
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise TrackingUnavailable(f"MLflow tracking server {uri} is unreachable: {reason}") from exc
+    health = _http_status(uri, base + "/health", {}, timeout)
+    if health != 200:
+        raise TrackingUnavailable(f"MLflow tracking server {uri} answered its health check with HTTP {health}")
+    search = _http_status(uri, base + "/api/2.0/mlflow/experiments/search?max_results=1", _credential_headers(),
+                          timeout)
+    if search in (401, 403):
+        raise TrackingUnavailable(_refusal(uri, search))
+    if search != 200:
+        raise TrackingUnavailable(f"MLflow tracking server {uri} answered an experiment search with HTTP {search}")

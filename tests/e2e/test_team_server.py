@@ -74,16 +74,16 @@ def postgres():
         shutil.chown(folder, "postgres", "postgres")
     data, port = folder / "data", free_port()
     run = dict(check=True, capture_output=True, text=True, timeout=120)
-    subprocess.run(as_postgres(postgres_bin("initdb"), "-D", str(data), "-U", "tvp", "--auth=trust"), **run)
-    subprocess.run(as_postgres(postgres_bin("pg_ctl"), "-D", str(data), "-l", str(folder / "postgres.log"), "-w",
-                               "-o", f"-h 127.0.0.1 -p {port} -k {folder}", "start"), **run)
     try:
+        subprocess.run(as_postgres(postgres_bin("initdb"), "-D", str(data), "-U", "tvp", "--auth=trust"), **run)
+        subprocess.run(as_postgres(postgres_bin("pg_ctl"), "-D", str(data), "-l", str(folder / "postgres.log"), "-w",
+                                   "-o", f"-h 127.0.0.1 -p {port} -k {folder}", "start"), **run)
         subprocess.run(as_postgres(postgres_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "tvp",
                                    "mlflow"), **run)
         yield f"postgresql+psycopg2://tvp@127.0.0.1:{port}/mlflow"  # the driver cluster/mlflow deploys
     finally:
         subprocess.run(as_postgres(postgres_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "stop"),
-                       capture_output=True, timeout=60)
+                       capture_output=True, timeout=60)  # fails harmlessly when it never started
         shutil.rmtree(folder, ignore_errors=True)
 
 
