@@ -176,6 +176,10 @@ def test_a_wrong_password_is_refused_in_one_line_that_names_the_server(team_serv
     assert url in message and "MLFLOW_TRACKING_PASSWORD" in message and "HTTP 401" in message
     assert wrong not in message and password not in message
 
+    client_environment.delenv("MLFLOW_TRACKING_PASSWORD")  # no credentials at all: it says which to set
+    with pytest.raises(TrackingUnavailable, match="asks for credentials .*: set MLFLOW_TRACKING_USERNAME"):
+        check_tracking_server(url)
+
     # As a user meets it: a tvp command against the server stops at once with that line.
     result = run_tvp("promote", f"models:/{MODEL}@latest", "--metric", "mse",
                      env={"MLFLOW_TRACKING_URI": url, "MLFLOW_TRACKING_USERNAME": ADMIN,
