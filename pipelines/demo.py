@@ -17,12 +17,11 @@ from pipelines.ingest_image_text import ingest_image_text
 from pipelines.run_steps import prepare_services
 from pipelines.training_run import run_training
 
-def mlflow_ui_command(tracking_uri: str) -> str:
+def mlflow_ui_command(tracking_uri: str, workdir: Path) -> str:
     """The exact command that browses this store (a server is simply opened in a browser)."""
     if tracking_uri.startswith(("http://", "https://")):
         return f"open {tracking_uri} in a browser"
-    mlflow_bin = Path(sys.executable).parent / "mlflow"
-    return f"{mlflow_bin} ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
+    return f"{Path(sys.executable).parent / 'tvp'} ui --workdir {workdir}"
 
 
 def run_demo(
@@ -60,7 +59,7 @@ def run_demo(
         "zero_shot_top1": result["metrics"]["zero_shot_top1"],
         "chance_top1": chance,
         "duration_s": round(time.monotonic() - started, 1),
-        "mlflow_ui": mlflow_ui_command(tracking_uri),
+        "mlflow_ui": mlflow_ui_command(tracking_uri, work),
     }
     write_json_atomic(work / "summary.json", summary)
     return summary

@@ -82,6 +82,7 @@ def test_continued_pretraining_jobs_stopped_while_training_resume_and_then_find_
     # A job that ingests the demo's data: a shard set arrives under the data root.
     ingested = tvp(cluster, "submit", "--wait", "--", "tvp", "ingest", "image-text",
                    str(demo / "source" / "train.parquet"), "--output", str(arrivals / "day-1"), "--image-size", "32",
+                   "--rows-per-shard", "256",
                    **SECRET_ENV)
     assert ingested.returncode == 0 and "samples from" in ingested.stdout, ingested.stdout[-3000:]
     (arrivals / "day-2").mkdir()  # a set still being written: no manifest yet

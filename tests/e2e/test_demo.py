@@ -26,7 +26,7 @@ def test_summary_reports_a_model_well_above_chance(demo_run):
     assert summary["num_train_samples"] == 1438 and summary["chance_top1"] == 0.1
     assert summary["zero_shot_top1"] >= 3 * summary["chance_top1"], summary
     out = demo_run["stdout"]
-    assert "zero-shot top-1" in out and "mlflow ui --backend-store-uri sqlite:///" in out and summary["run_id"] in out
+    assert "zero-shot top-1" in out and f"tvp ui --workdir {summary['workdir']}" in out and summary["run_id"] in out
 
 
 def test_shard_sets_follow_the_contract(demo_run):

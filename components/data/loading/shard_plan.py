@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from components.data.shards.shard_reader import ShardSetError
 from components.data.shards.shard_set import ShardRef, ShardSet, shard_url
 from components.data.shards.shard_store import ShardStore
 
@@ -83,7 +84,8 @@ def epoch_shards(
 def rank_shards(plan: list[ShardRef], rank: int, world: int) -> list[ShardRef]:
     """Rank ``rank``'s share of an epoch's shards, dealt round-robin."""
     if len(plan) < world:
-        raise ValueError(f"{len(plan)} shards cannot feed {world} workers: write smaller shards or use fewer workers")
+        raise ShardSetError(f"{len(plan)} shards cannot feed {world} workers: write smaller shards (--rows-per-shard) "
+                            "or use fewer workers (--set train.num_workers=N)")
     return plan[rank::world]
 
 
