@@ -20,11 +20,9 @@ it was typed in, so relative paths mean what they mean here.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import shlex
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -34,6 +32,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 from urllib.parse import urlparse
 
+from cluster.ray_cluster import is_this_machine
 from components.errors import TvpError
 from components.tracking.redaction import is_secret_key, redact_value
 from components.tracking.tracking_store import is_local_store
@@ -45,6 +44,7 @@ CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 FORWARDED_ENV = ("MLFLOW_TRACKING_URI",)
 DASHBOARD_PORT = 8265
 STATUS_EXIT_CODES = {"SUCCEEDED": 0, "STOPPED": 143}
+NOT_JOBS = ("submit", "jobs", "schedule", "ui")  # they manage jobs or serve until stopped: nothing to run there
 
 
 class JobError(TvpError, RuntimeError):
@@ -85,32 +85,14 @@ def job_client(address: str | None):
 
 
 # -- what the cluster can see ----------------------------------------------------------------------------------
-def _local_addresses() -> set[str]:
-    names = {"localhost", socket.gethostname()}
-    try:
-        names.update(info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None))
-    except OSError:
-        pass
-    return names
-
-
-def _is_this_machine(host: str) -> bool:
-    try:
-        if ipaddress.ip_address(host).is_loopback:
-            return True
-    except ValueError:
-        pass
-    return host in _local_addresses()
-
-
 def cluster_on_this_machine(address: str) -> bool:
     """True when the head is reached on this machine and every alive node runs on it."""
-    if not _is_this_machine(urlparse(address).hostname or ""):
+    if not is_this_machine(urlparse(address).hostname or ""):
         return False
     from ray.util.state import list_nodes
 
     nodes = list_nodes(address=address, filters=[("state", "=", "ALIVE")], raise_on_missing_output=False)
-    return all(_is_this_machine(node.node_ip) for node in nodes)
+    return all(is_this_machine(node.node_ip) for node in nodes)
 
 
 # -- the job ---------------------------------------------------------------------------------------------------
@@ -162,16 +144,21 @@ def _ship_files(args: list[str], working_dir: Path) -> tuple[list[str], list[str
     return shipped, notes
 
 
+def job_command(args: list[str]) -> list[str]:
+    """The arguments of a ``tvp`` command that can run as a job (a leading ``tvp`` dropped), or ``JobError``."""
+    if args[:1] == ["tvp"]:
+        args = args[1:]
+    if not args:
+        raise JobError("no command: give the tvp command after --, e.g. -- tvp run clip-demo")
+    if args[0] in NOT_JOBS:
+        raise JobError(f"tvp {args[0]} is not a job: give a command such as tvp run, tvp train or tvp ingest")
+    return list(args)
+
+
 def prepare_job(args: list[str], on_this_machine: bool, cwd: Path | None = None) -> PreparedJob:
     """The entrypoint and runtime environment for ``tvp ARGS``; raise ``JobError`` for what cannot travel."""
     cwd = cwd or Path.cwd()
-    if not args:
-        raise JobError("nothing to submit: give the command after --, e.g. tvp submit -- tvp run clip-demo")
-    if args[0] == "tvp":
-        args = args[1:]
-    if not args or args[0] in ("submit", "jobs", "schedule", "ui"):
-        raise JobError(f"tvp {args[0] if args else ''} is not a job: submit a command such as tvp run, tvp train "
-                       "or tvp ingest")
+    args = job_command(args)
     for arg in args:
         if _looks_secret(arg):
             raise JobError("an argument looks like a secret: a job's entrypoint is shown to anyone who can list "

@@ -105,18 +105,16 @@ def _local_addresses() -> set[str]:
     return addresses
 
 
+def is_this_machine(host: str) -> bool:
+    """Whether ``host`` (a name or address) is this machine: loopback or one of its own addresses."""
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return True
+    except ValueError:
+        pass
+    return host in _local_addresses()
+
+
 def cluster_is_local() -> bool:
     """True when every alive node of the connected cluster runs on this machine."""
-    local = _local_addresses()
-    for node in ray.nodes():
-        if not node.get("Alive"):
-            continue
-        host = node.get("NodeManagerAddress", "")
-        try:
-            if ipaddress.ip_address(host).is_loopback:
-                continue
-        except ValueError:
-            pass
-        if host not in local:
-            return False
-    return True
+    return all(is_this_machine(node.get("NodeManagerAddress", "")) for node in ray.nodes() if node.get("Alive"))

@@ -47,8 +47,8 @@ def submission_id(schedule: str, fire_time: datetime) -> str:
 
 
 def tick_command(schedule: Schedule, name: str) -> list[str]:
-    command = schedule.command[1:] if schedule.command[:1] == ["tvp"] else list(schedule.command)
-    if command[:1] and command[0] in NAMED_COMMANDS and "--name" not in command:
+    command = list(schedule.command)  # stored as job_command() left it: no leading "tvp"
+    if command[0] in NAMED_COMMANDS and "--name" not in command:
         command += ["--name", name]
     return command
 
@@ -173,7 +173,7 @@ def mlflow_run_of(schedule: Schedule, run_name: str) -> str | None:
     """The id of the MLflow run the tick's job opened under its submission id, where the store is reachable."""
     from mlflow.tracking import MlflowClient
 
-    from components.tracking.run_tracker import RUN_NAME_TAG
+    from components.tracking.run_tracker import find_run
     from components.tracking.tracking_store import resolve_tracking_uri
 
     command = schedule.command
@@ -182,9 +182,7 @@ def mlflow_run_of(schedule: Schedule, run_name: str) -> str | None:
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         return None
     try:
-        client = MlflowClient(uri)
-        ids = [e.experiment_id for e in client.search_experiments()]
-        found = client.search_runs(ids, filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'", max_results=1)
+        found = find_run(MlflowClient(uri), run_name)
     except Exception:  # the tracking server is down: the history shows no run until it answers
         return None
-    return found[0].info.run_id if found else None
+    return found.info.run_id if found else None

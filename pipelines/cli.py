@@ -591,28 +591,24 @@ def _run(args: argparse.Namespace) -> dict:
     spec, file_hash = load_pipeline(args.pipeline)
     params = resolve_params(spec, args.param)  # a missing or unknown parameter fails before anything starts
 
-    from components.tracking.tracking_store import (
-        check_tracking_server, configure_fast_failure, default_artifact_location, resolve_tracking_uri)
     from pipelines.workflow_runner import run_pipeline
 
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    tracking_uri = resolve_tracking_uri(workdir)
-    configure_fast_failure()
-    check_tracking_server(tracking_uri)
+    tracking_uri = _tracking_uri(args.workdir, must_exist=False)
     name = args.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    artifacts = None if tracking_uri.startswith(("http://", "https://")) else default_artifact_location(workdir)
-    results = run_pipeline(spec, file_hash, params, name, workdir, tracking_uri, artifacts, args.address)
-    ran = [r for r in results if not r.skipped]
-    print(f"pipeline {spec.name} run {name} finished: {len(ran)} steps run, {len(results) - len(ran)} skipped "
-          f"as finished earlier, {sum(r.duration_s for r in ran):.0f} s")
+    results = run_pipeline(spec, file_hash, params, name, workdir, tracking_uri, args.address)
+    ran = [r for r in results if not r.skipped and r.status == "FINISHED"]
+    earlier = [r for r in results if r.skipped]
+    print(f"pipeline {spec.name} run {name} finished: {len(ran)} steps run, {len(earlier)} done in an earlier "
+          f"attempt, {len(results) - len(ran) - len(earlier)} skipped by if:, {sum(r.duration_s for r in ran):.0f} s")
     return {"run_name": name, "steps": {r.name: r.outputs for r in results}}
 
 
 def _submit(args: argparse.Namespace) -> dict:
     from cluster import job_submission as jobs
 
-    command = args.job
+    command = jobs.job_command(args.job)  # a missing or wrong command fails before the cluster is asked
     address = jobs.dashboard_address(args.address)
     client = jobs.job_client(address)
     job = jobs.prepare_job(command, jobs.cluster_on_this_machine(address))
@@ -669,11 +665,9 @@ def _schedule(args: argparse.Namespace) -> None:
     store = ScheduleStore(url)
     if args.action == "add":
         from cluster.cron import cron_trigger
-        from cluster.job_submission import dashboard_address
+        from cluster.job_submission import dashboard_address, job_command
 
-        command = args.job[1:] if args.job[:1] == ["tvp"] else args.job
-        if not command or command[0] in ("submit", "jobs", "schedule", "ui"):
-            raise _usage_error("give the tvp command a tick runs after --, e.g. -- tvp run clip-continue")
+        command = job_command(args.job)
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", args.name):
             raise _usage_error(f"schedule name {args.name!r}: use letters, digits, - and _ (at most 64)")
         trigger = cron_trigger(args.cron, args.timezone)  # a wrong expression fails here, not in the scheduler

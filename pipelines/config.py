@@ -22,27 +22,33 @@ class ConfigError(TvpError, ValueError):
     pass
 
 
-def preset_path(name_or_path: str | Path) -> Path:
-    """A preset name (``tiny``) from pipelines/configs, or a path to a YAML file."""
+def named_yaml(name_or_path: str | Path, folder: Path, what: str) -> Path:
+    """A YAML file given by path, or by the name of one shipped in ``folder`` (a preset, an example pipeline)."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
+            raise ConfigError(f"{what} file {path} does not exist")
         return path
-    candidate = PRESETS_DIR / f"{name_or_path}.yaml"
+    candidate = folder / f"{name_or_path}.yaml"
     if not candidate.is_file():
-        known = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")))
-        raise ConfigError(f"unknown config preset {name_or_path!r} (known: {known}; or give a .yaml path)")
+        known = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+        raise ConfigError(f"unknown {what} {name_or_path!r} (known: {known}; or give a .yaml path)")
     return candidate
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def preset_path(name_or_path: str | Path) -> Path:
+    """A preset name (``tiny``) from pipelines/configs, or a path to a YAML file."""
+    return named_yaml(name_or_path, PRESETS_DIR, "config preset")
+
+
+def read_yaml_mapping(path: Path, what: str = "config") -> dict[str, Any]:
+    """The mapping a YAML file holds (empty for an empty file); one-line errors name the file."""
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+        raise ConfigError(f"{what} file {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        raise ConfigError(f"{what} file {path} must hold a mapping at the top level")
     return data
 
 
@@ -97,7 +103,7 @@ def load_config(
 ) -> Model:
     """``ignore_sections`` are preset sections this pipeline does not use (the demo's ``data``, say);
     ``base`` is what the preset is laid over (a parent checkpoint's settings, say)."""
-    data = _merge(base or {}, _read_yaml(preset_path(preset)) if preset else {})
+    data = _merge(base or {}, read_yaml_mapping(preset_path(preset)) if preset else {})
     for section in ignore_sections:
         data.pop(section, None)
     for item in overrides or []:

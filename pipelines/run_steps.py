@@ -25,7 +25,7 @@ from components.tracking.tracking_store import (
     TrackingUnavailable,
     check_tracking_server,
     configure_fast_failure,
-    default_artifact_location,
+    artifact_location,
     is_local_store,
     resolve_tracking_uri,
 )
@@ -70,8 +70,8 @@ def open_run(tracking_uri: str, workdir: Path, experiment: str, run_name: str, p
 
     Besides ``lineage`` the run carries MLflow's own source tags (entry point, commit), which its UI shows.
     """
-    artifact_location = default_artifact_location(workdir) if is_local_store(tracking_uri) else None
-    tracker = RunTracker.create(tracking_uri, experiment, run_name, artifact_location, {**lineage, **source_tags()})
+    tracker = RunTracker.create(tracking_uri, experiment, run_name, artifact_location(tracking_uri, workdir),
+                                {**lineage, **source_tags()})
     try:
         tracker.check_params(params, run_name)
     except RunConflict:

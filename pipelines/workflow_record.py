@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 from mlflow.tracking import MlflowClient
 
 from components.tracking.redaction import redact, redact_value
-from components.tracking.run_tracker import RUN_NAME_TAG, RunConflict, RunTracker
+from components.tracking.tracking_store import artifact_location
+from components.tracking.run_tracker import RunConflict, RunTracker, find_run
 from pipelines.config import ConfigError
 
 EXPERIMENT = "tvp-pipelines"
@@ -27,11 +29,7 @@ FINISHED, RUNNING, FAILED, STOPPED, SKIPPED = "FINISHED", "RUNNING", "FAILED", "
 
 def _find(client: MlflowClient, run_name: str):
     experiment = client.get_experiment_by_name(EXPERIMENT)
-    if experiment is None:
-        return None
-    found = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
-                               max_results=1)
-    return found[0] if found else None
+    return find_run(client, run_name, [experiment.experiment_id]) if experiment else None
 
 
 def _tag(step: str, field: str) -> str:
@@ -45,8 +43,8 @@ class PipelineRecord:
         self.changed_file = False  # a continued run's pipeline file differs from the one it started with
 
     @classmethod
-    def open(cls, tracking_uri: str, artifact_location: str | None, pipeline: str, file_hash: str,
-             params: dict[str, str], run_name: str) -> "PipelineRecord":
+    def open(cls, tracking_uri: str, workdir: Path, pipeline: str, file_hash: str, params: dict[str, str],
+             run_name: str) -> "PipelineRecord":
         """The run named ``run_name``: created, or continued (then its pipeline and parameters must match)."""
         logged = {f"param.{k}": v for k, v in redact(params).items()}
         earlier = _find(MlflowClient(tracking_uri), run_name)
@@ -60,7 +58,7 @@ class PipelineRecord:
                 k = changed[0]
                 raise RunConflict(f"run {run_name!r} was started with {k}={earlier.data.params[k]}, not "
                                   f"{logged[k]}: give a new run name to run the pipeline anew")
-        tracker = RunTracker.create(tracking_uri, EXPERIMENT, run_name, artifact_location,
+        tracker = RunTracker.create(tracking_uri, EXPERIMENT, run_name, artifact_location(tracking_uri, workdir),
                                     tags={"tvp.pipeline": pipeline, "tvp.pipeline.file_hash": file_hash})
         record = cls(tracker, run_name)
         record.changed_file = earlier is not None and earlier.data.tags.get("tvp.pipeline.file_hash") != file_hash

@@ -90,21 +90,16 @@ def run_step(argv: list[str], env: dict[str, str]) -> int:
 
     previous = {s: signal.signal(s, pass_on) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        while True:
-            try:
-                return child.wait()
-            except KeyboardInterrupt:  # a second Ctrl-C while waiting: keep waiting for the step to stop
-                continue
+        return child.wait()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
 
 
 def run_pipeline(spec: PipelineSpec, file_hash: str, params: dict[str, str], run_name: str, workdir: Path,
-                 tracking_uri: str, artifact_location: str | None, address: str | None = None,
-                 echo: Echo = print) -> list[StepResult]:
+                 tracking_uri: str, address: str | None = None, echo: Echo = print) -> list[StepResult]:
     """Run (or resume) the pipeline; raise ``StepFailed`` with the step's exit code when a step does not finish."""
-    record = PipelineRecord.open(tracking_uri, artifact_location, spec.name, file_hash, params, run_name)
+    record = PipelineRecord.open(tracking_uri, workdir, spec.name, file_hash, params, run_name)
     how = "resuming" if record.resumed else "starting"
     echo(f"{how} pipeline {spec.name}, run {run_name} (MLflow run {record.run_id} in experiment tvp-pipelines)")
     if record.changed_file:

@@ -35,10 +35,9 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipelines.config import ConfigError, _describe
+from pipelines.config import ConfigError, _describe, named_yaml, read_yaml_mapping
 
 EXAMPLES_DIR = Path(__file__).parent / "examples"
 REFERENCE = re.compile(r"\$\{([^}]*)\}")
@@ -140,35 +139,16 @@ def _check_reference(ref: str, step: Step, params: dict[str, Any], earlier: dict
         raise ValueError(f"{where} is not ${{params.NAME}}, ${{steps.STEP.OUTPUT}} or ${{run.name|workdir}}")
 
 
-def pipeline_path(name_or_path: str) -> Path:
-    """A pipeline file, or the name of an example shipped in pipelines/examples (``clip-pretrain``)."""
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml"):
-        if not path.is_file():
-            raise ConfigError(f"pipeline file {path} does not exist")
-        return path
-    candidate = EXAMPLES_DIR / f"{name_or_path}.yaml"
-    if not candidate.is_file():
-        known = ", ".join(sorted(p.stem for p in EXAMPLES_DIR.glob("*.yaml")))
-        raise ConfigError(f"no pipeline {name_or_path!r}: give a .yaml file or an example ({known})")
-    return candidate
-
-
 def load_pipeline(name_or_path: str) -> tuple[PipelineSpec, str]:
-    """The validated pipeline and the hash of its file's text (a resumed run notices a changed file)."""
-    path = pipeline_path(name_or_path)
-    text = path.read_text()
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"pipeline file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"pipeline file {path} must hold a mapping at the top level")
+    """The validated pipeline (a file, or the name of an example in pipelines/examples) and the hash of its
+    file (a resumed run notices a changed file)."""
+    path = named_yaml(name_or_path, EXAMPLES_DIR, "pipeline")
+    data = read_yaml_mapping(path, "pipeline")
     try:
         spec = PipelineSpec.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"pipeline file {path}: {_describe(exc.errors()[0])}") from None
-    return spec, hashlib.sha256(text.encode()).hexdigest()[:16]
+    return spec, hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 def resolve_params(spec: PipelineSpec, given: list[str]) -> dict[str, str]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import requests
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -50,6 +50,16 @@ def model_training_experiment(client: MlflowClient, name: str, artifact_location
     return found.experiment_id
 
 
+def find_run(client: MlflowClient, run_name: str, experiment_ids: list[str] | None = None) -> Run | None:
+    """The run tvp named ``run_name`` (its ``tvp.run_name`` tag) in these experiments (default: all), if any."""
+    if experiment_ids is None:
+        experiment_ids = [e.experiment_id for e in client.search_experiments()]
+    if not experiment_ids:
+        return None
+    found = client.search_runs(experiment_ids, filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'", max_results=1)
+    return found[0] if found else None
+
+
 class RunConflict(TvpError, ValueError):
     """A named run exists with another configuration: continuing it would mix two experiments."""
 
@@ -83,15 +93,13 @@ class RunTracker:
         """
         client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
         experiment_id = model_training_experiment(client, experiment, artifact_location)
-        existing = client.search_runs(
-            [experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'", max_results=1
-        )
+        existing = find_run(client, run_name, [experiment_id])
         if existing:
-            run_id = existing[0].info.run_id
+            run_id = existing.info.run_id
             client.update_run(run_id, status="RUNNING")
             tracker = cls(tracking_uri, run_id)
-            tracker.previous_status = existing[0].info.status
-            tracker.set_tags({**dict(tags or {}), RESUMED_TAG: int(existing[0].data.tags.get(RESUMED_TAG, 0)) + 1})
+            tracker.previous_status = existing.info.status
+            tracker.set_tags({**dict(tags or {}), RESUMED_TAG: int(existing.data.tags.get(RESUMED_TAG, 0)) + 1})
             return tracker
         run = client.create_run(experiment_id, run_name=run_name, tags={**dict(tags or {}), RUN_NAME_TAG: run_name})
         return cls(tracking_uri, run.info.run_id)

@@ -44,6 +44,12 @@ def default_artifact_location(workdir: str | Path) -> str:
     return (Path(workdir).resolve() / "mlartifacts").as_uri()
 
 
+def artifact_location(tracking_uri: str, workdir: str | Path) -> str | None:
+    """Where new experiments keep artifacts: the work directory's folder beside a local store, else the
+    server's choice (None)."""
+    return default_artifact_location(workdir) if is_local_store(tracking_uri) else None
+
+
 def is_local_store(uri: str) -> bool:
     """True for stores only this machine sees (SQLite files, plain paths)."""
     return not uri.startswith(("http://", "https://", "databricks", "postgresql", "mysql", "mssql"))

@@ -64,7 +64,7 @@ def test_a_failed_step_is_recorded_and_the_rerun_resumes_from_it(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming pipeline two-tables, run r1" in resumed.stdout
     assert "[1/2] first: finished in an earlier attempt, not run again" in resumed.stdout
-    assert "pipeline two-tables run r1 finished: 1 steps run, 1 skipped" in resumed.stdout
+    assert "pipeline two-tables run r1 finished: 1 steps run, 1 done in an earlier attempt, 0 skipped by if:" in resumed.stdout
     assert (workdir / "first" / "train.parquet").stat().st_mtime_ns == first_written  # not made again
     assert (second / "heldout.parquet").is_file()
     [run] = pipeline_runs(workdir)  # the same run, continued

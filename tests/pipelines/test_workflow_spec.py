@@ -79,7 +79,7 @@ def test_files_that_are_no_pipeline_are_refused(tmp_path):
         load_pipeline(write(tmp_path, "name: [unclosed"))
     with pytest.raises(ConfigError, match="must hold a mapping"):
         load_pipeline(write(tmp_path, "- a list"))
-    with pytest.raises(ConfigError, match=r"no pipeline 'nope': give a .yaml file or an example \(.*clip-demo"):
+    with pytest.raises(ConfigError, match=r"unknown pipeline 'nope' \(known: .*clip-demo.*; or give a .yaml path\)"):
         load_pipeline("nope")
     with pytest.raises(ConfigError, match="pipeline file .*missing.yaml does not exist"):
         load_pipeline(str(tmp_path / "missing.yaml"))
