@@ -146,6 +146,7 @@ def _build_parser() -> argparse.ArgumentParser:
                       help="memory for decoded pixels per shard task, in MB; images wait for room, so a task's "
                            "peak stays near it (default: %(default)s)")
     _add_address(image_text)
+    _add_text_table_parser(sources)
 
     inspect = commands.add_parser(
         "inspect",
@@ -344,6 +345,28 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_text_table_parser(sources: argparse._SubParsersAction) -> None:
+    text_table = sources.add_parser(
+        "text-table",
+        help="a labelled text table (text + label) → classification shards, for tvp finetune bert",
+        description=("Read a table with a text column and a label column (Parquet, CSV, TSV or JSON Lines, "
+                     "optionally gzipped; a file or a folder of files) and write shards of .txt (the text) and "
+                     ".json (label id and label_name) samples, the classes listed in manifest.json. Integer labels "
+                     "keep their values as ids; other labels are names, numbered in sorted order. Empty texts and "
+                     "unlabelled rows are counted and skipped. tvp train/finetune also take such a table directly "
+                     "as --data or --eval and shard it into the work directory first."),
+    )
+    text_table.add_argument("table", help="a table file or a folder of them (local path, file:// or s3:// URI)")
+    text_table.add_argument("--output", required=True, help="folder for the shard set")
+    text_table.add_argument("--text-column", default="text", help="column with the text (default: %(default)s)")
+    text_table.add_argument("--label-column", default="label", help="column with the label (default: %(default)s)")
+    text_table.add_argument("--format", default="auto", choices=["auto", "parquet", "csv", "tsv", "jsonl"],
+                            help="table format (default: from each file's extension)")
+    text_table.add_argument("--rows-per-shard", type=int, default=10_000,
+                            help="input rows per shard (default: %(default)s)")
+    _add_address(text_table)
+
+
 def _add_jobs_address(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", default=None, help="the cluster's Jobs API, http://HEAD:8265 (default: $RAY_ADDRESS)")
 
@@ -356,10 +379,12 @@ def _example_pipelines() -> list[str]:
 
 def _add_training_inputs(parser: argparse.ArgumentParser, resume_help: str) -> None:
     parser.add_argument("--data", action="append", required=True, metavar="SHARDS",
-                        help="a shard set to train on: folder, s3:// or gs:// (repeatable; with --weight, mixed)")
+                        help="a shard set to train on: folder, s3:// or gs:// (repeatable; with --weight, mixed); "
+                             "or a labelled text table file (text, label), sharded into WORKDIR/tables first")
     parser.add_argument("--weight", action="append", type=float, metavar="W",
                         help="sampling weight of each --data, in order (needs train.samples_per_epoch)")
-    parser.add_argument("--eval", metavar="SHARDS", help="a labelled shard set the workers evaluate on")
+    parser.add_argument("--eval", metavar="SHARDS",
+                        help="a labelled shard set the workers evaluate on (or a labelled text table file)")
     parser.add_argument("--name", help=resume_help)
     parser.add_argument("--promote-if", metavar="METRIC",
                         help="after evaluation, move champion to the new version if METRIC beats the champion's")
@@ -413,14 +438,24 @@ def _train(args: argparse.Namespace, parent_uri: str | None = None) -> dict:
     load_run_config(args.task, preset, args.overrides)  # a wrong key fails here, before Ray and MLflow start
     sources = _training_sources(args)
 
+    from components.data.ingest.text_table import read_classes, table_spec
     from components.data.shards.shard_set import ShardSet, work_index_dir
     from pipelines.run_steps import prepare_services
+    from pipelines.text_tables import is_table_file, shard_tables_in_place
     from pipelines.training_run import run_training
 
     workdir = Path(args.workdir).resolve()
+    tables = [loc for loc in [*args.data, *([args.eval] if args.eval else [])] if is_table_file(loc)]
     for location in [*args.data, *([args.eval] if args.eval else [])]:
-        ShardSet.open(location, work_index_dir(workdir))  # every input is a usable shard set, before anything starts
+        if location not in tables:
+            ShardSet.open(location, work_index_dir(workdir))  # every input is a usable shard set, before anything starts
+    for table in tables:
+        read_classes(table_spec(table))  # a table without text, labels or classes fails before anything starts
     tracking_uri = prepare_services(workdir, args.address)
+    if tables:  # labelled text tables become shard sets in the work directory first (once)
+        args.data = shard_tables_in_place(args.data, workdir)
+        args.eval = shard_tables_in_place([args.eval], workdir)[0] if args.eval else None
+        sources = _training_sources(args)
     if parent_uri and getattr(args, "fallback", None) and not _registered(parent_uri, tracking_uri):
         print(f"{parent_uri} names no registered version yet: starting from {args.fallback}")
         parent_uri = None if args.fallback == "scratch" else args.fallback
@@ -541,6 +576,8 @@ def _demo_data(args: argparse.Namespace) -> dict:
 
 
 def _ingest(args: argparse.Namespace) -> dict:
+    if args.source == "text-table":
+        return _ingest_text_table(args)
     from pydantic import ValidationError
 
     from components.data.ingest.address_guard import AddressGuard
@@ -579,6 +616,19 @@ def _ingest(args: argparse.Namespace) -> dict:
     # data readers): the default --processes is then one shard task per core, and fewer idle workers start.
     connect(args.address, num_cpus=os.cpu_count() or 1, dashboard=False)
     manifest = ingest_image_text(spec, args.output, cfg, args.rows_per_shard, args.processes, not args.no_dedup)
+    return {"output": args.output, "content_hash": manifest["content_hash"],
+            "num_samples": manifest["num_samples"], "num_shards": manifest["num_shards"]}
+
+
+def _ingest_text_table(args: argparse.Namespace) -> dict:
+    from cluster.ray_cluster import connect
+    from pipelines.text_tables import ingest_text_table
+
+    if args.rows_per_shard <= 0:
+        raise _usage_error("--rows-per-shard must be positive")
+    connect(args.address, num_cpus=os.cpu_count() or 1, dashboard=False)
+    manifest = ingest_text_table(args.table, args.output, args.text_column, args.label_column, args.format,
+                                 args.rows_per_shard)
     return {"output": args.output, "content_hash": manifest["content_hash"],
             "num_samples": manifest["num_samples"], "num_shards": manifest["num_shards"]}
 

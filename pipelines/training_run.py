@@ -17,7 +17,7 @@ from components.data.loading.shard_plan import ShardSource
 from components.data.shards.shard_set import ShardSet, work_index_dir
 from components.evaluation.eval_facts import eval_facts
 from components.tasks.registry import task_class
-from components.tasks.task import Task
+from components.tasks.task import EvalFacts, Task
 from components.tracking.lineage import code_version, library_versions
 from components.tracking.promotion import PromotionError
 from components.training.stop_request import TrainingStopped
@@ -58,7 +58,7 @@ def build_task(task_name: str, cfg: RunConfig, sources: list[ShardSource], index
         samples = chain.from_iterable(ShardSet.open(s.path, index_dir).iter_samples(cls.asset_columns)
                                       for s in sources)
         task = task.with_files(task.prepare_assets(samples))
-    return task
+    return task.fit_to_data(lambda: EvalFacts.from_manifest(eval_facts(sources[0].path, index_dir)))
 
 
 def run_training(

@@ -7,7 +7,8 @@ model only through it:
 - **assets**: ``prepare_assets`` builds what the model needs besides its
   weights from the training data, before training (CLIP: the caption
   tokenizer), reading only ``asset_columns``. Assets are text files that
-  travel with every checkpoint (``files``).
+  travel with every checkpoint (``files``). ``fit_to_data`` sizes the task
+  to its training set's facts (a classifier's class names).
 - **model**: ``build_model``; ``fsdp_units`` (the modules FSDP shards one by
   one); ``adapt_weights`` (how a checkpoint's weights are fitted to this
   task's model when fine-tuning: a new head, a resized table).
@@ -38,7 +39,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, Iterable, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -91,6 +92,11 @@ class Task(ABC):
     def prepare_assets(self, samples: Iterable[dict[str, bytes]]) -> dict[str, str]:
         """Files the model needs, built from training samples (``asset_columns`` only); none by default."""
         return {}
+
+    def fit_to_data(self, training_facts: Callable[[], EvalFacts]) -> "Task":
+        """This task sized to its training data (a classifier's classes from the training set's manifest);
+        ``training_facts`` reads them only when called. Itself by default."""
+        return self
 
     def with_files(self, files: dict[str, str]) -> "Task":
         return type(self)(self.config, {**self.files, **files})

@@ -183,6 +183,7 @@ def build_shard_set(
     after_shards: Callable[[ShardStore], Any] | None = None,
     on_planned: Planned | None = None,
     on_shard_done: ShardDone | None = None,
+    manifest_extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write the missing shards of ``reader``'s input into ``out_dir`` (a folder or ``s3://…``); return the manifest.
 
@@ -191,8 +192,9 @@ def build_shard_set(
     ``after_shards`` must be idempotent, since a resumed run repeats it.
     ``on_planned(shards, pending, rows)`` is
     called once the input is cut, ``on_shard_done(stats, done, total)`` as
-    each shard completes. A folder holding shards made from other inputs or
-    another config is refused with ``ShardSetError``.
+    each shard completes. ``manifest_extra`` is added to the manifest (a
+    classification set's ``classes``). A folder holding shards made from other
+    inputs or another config is refused with ``ShardSetError``.
     """
     store = ShardStore(out_dir)
     source = reader.describe()  # clear errors on bad inputs before anything is written
@@ -225,6 +227,6 @@ def build_shard_set(
         if after_shards:
             after_shards(store)
         lock.check()  # a run that lost its folder to another must not declare the set finished
-        manifest = finalize_shard_set(store, source, config)
+        manifest = finalize_shard_set(store, source, config, manifest_extra)
         store.delete_folder(INPUTS)
         return manifest

@@ -145,7 +145,8 @@ def remove_partial_files(out_dir: str | Path | ShardStore, planned: set[int] | N
             store.delete(name)
 
 
-def finalize_shard_set(out_dir: str | Path | ShardStore, source: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+def finalize_shard_set(out_dir: str | Path | ShardStore, source: dict[str, Any], config: dict[str, Any],
+                       extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write ``sizes.json`` and ``manifest.json`` from the complete shards; return the manifest.
 
     The content hash covers each shard's name and tar digest in order, so it
@@ -170,6 +171,7 @@ def finalize_shard_set(out_dir: str | Path | ShardStore, source: dict[str, Any],
         "num_input_rows": sum(s.get("input_rows", s["count"]) for s in shards.values()),
         "errors": totals,
         "content_hash": content.hexdigest(),
+        **(extra or {}),
     }
     store.write_json("sizes.json", sizes)
     store.write_json("manifest.json", manifest)
