@@ -148,6 +148,22 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_address(image_text)
     _add_text_table_parser(sources)
 
+    split = commands.add_parser(
+        "split-articles",
+        help="split a document shard set by article, and label its sentences by category (small sets)",
+        description=("Read the articles of a document shard set (tvp ingest wikipedia) and write OUTPUT/train and "
+                     "OUTPUT/heldout (documents split by a stable hash of the page id) and "
+                     "OUTPUT/categories-{train,heldout}.csv (text, label): each sentence of an article labelled by "
+                     "one of its categories, the most common first, the same article split. For tvp train bert "
+                     "--eval and tvp finetune bert. Reads everything in one process: for sample-sized sets."),
+    )
+    split.add_argument("docs", metavar="DOCS", help="the document shard set")
+    split.add_argument("--output", required=True, help="folder for the splits and tables")
+    split.add_argument("--heldout-fraction", type=float, default=0.15,
+                       help="share of articles held out (default: %(default)s)")
+    split.add_argument("--classes", type=int, default=4, help="categories in the labelled tables (default: %(default)s)")
+    split.add_argument("--seed", type=int, default=0, help="which articles are held out (default: %(default)s)")
+
     inspect = commands.add_parser(
         "inspect",
         help="counts, sizes and failures of a shard set, and a contact sheet of its pictures",
@@ -620,6 +636,18 @@ def _ingest(args: argparse.Namespace) -> dict:
             "num_samples": manifest["num_samples"], "num_shards": manifest["num_shards"]}
 
 
+def _split_articles(args: argparse.Namespace) -> dict:
+    from pipelines.article_splits import split_articles
+
+    splits = split_articles(args.docs, args.output, args.heldout_fraction, args.classes, args.seed)
+    print(f"{splits.num_train} training and {splits.num_heldout} held-out articles in {splits.train} and "
+          f"{splits.heldout}")
+    print(f"{splits.labelled_sentences[0]} + {splits.labelled_sentences[1]} labelled sentences in "
+          f"{splits.categories_train} and {splits.categories_heldout}; classes: {', '.join(splits.classes)}")
+    return {"train": str(splits.train), "heldout": str(splits.heldout),
+            "categories_train": str(splits.categories_train), "categories_heldout": str(splits.categories_heldout)}
+
+
 def _ingest_text_table(args: argparse.Namespace) -> dict:
     from cluster.ray_cluster import connect
     from pipelines.text_tables import ingest_text_table
@@ -823,7 +851,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(args.command, getattr(args, "workdir", None), args.verbose)
     try:
         with console:
-            commands = {"demo": _demo, "demo-data": _demo_data, "ingest": _ingest, "inspect": _inspect, "train": _train, "finetune": _finetune, "evaluate": _evaluate,
+            commands = {"demo": _demo, "demo-data": _demo_data, "ingest": _ingest, "inspect": _inspect, "split-articles": _split_articles, "train": _train, "finetune": _finetune, "evaluate": _evaluate,
                         "promote": _promote, "run": _run, "submit": _submit, "jobs": _jobs, "select-shards": _select_shards,
                         "schedule": _schedule, "ui": _ui}
             outputs = commands[args.command](args)

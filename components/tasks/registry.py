@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 # name → "module:Class"
 TASKS: dict[str, str] = {
+    "bert": "components.tasks.bert:BertTask",
     "clip": "components.tasks.clip:ClipTask",
 }
 

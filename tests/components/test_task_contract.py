@@ -44,10 +44,22 @@ def clip_samples(n: int) -> list[dict]:
              "json": {"label": i % 3, "label_name": CLASSES[i % 3]}} for i in range(n)]
 
 
+def document_samples(n: int) -> list[dict]:
+    """Articles as tvp ingest wikipedia writes them: one sentence per line."""
+    topics = ["cats sleep in the sun", "rivers run to the sea", "stars shine at night"]
+    return [{"__key__": f"{i:09d}",
+             "txt": "\n".join(f"Sentence {j} says that {topics[(i + j) % 3]} in part {i}." for j in range(4 + i % 3)),
+             "json": {"id": i, "title": f"Article {i}"}} for i in range(n)]
+
+
+TINY_BERT = {"vocab_size": 200, "hidden_size": 32, "layers": 2, "heads": 2, "intermediate_size": 64,
+             "max_position": 32}
+
 # Per task: a small config and samples in its shard layout. A task without an entry fails the contract.
 CONTRACT = {
     "clip": ({"model": {**asdict(tiny_clip_config()), "text": {**asdict(tiny_clip_config().text), "vocab_size": 300}}},
              clip_samples),
+    "bert": ({"model": TINY_BERT, "max_seq_length": 32}, document_samples),
     "toy": ({"hidden": 4}, toy_samples),
 }
 

@@ -115,6 +115,9 @@ def _bert_tokenizer(vocab: dict[str, int], lowercase: bool, strip_accents: bool 
     tokenizer = Tokenizer(models.WordPiece(vocab, unk_token=UNK, continuing_subword_prefix=CONTINUATION_PREFIX,
                                            max_input_chars_per_word=MAX_WORD_CHARS))
     _set_bert_pipeline(tokenizer, lowercase, strip_accents, cls_id=vocab[CLS], sep_id=vocab[SEP])
+    # As in BERT's own tokenizers, "[MASK]" (and the other specials) written in a text is that one token, not
+    # "[", "mask", "]": fill-mask inputs depend on it. The ids are the vocabulary's own.
+    tokenizer.add_special_tokens([t for t in SPECIAL_TOKENS if t in vocab])
     return tokenizer
 
 
