@@ -14,9 +14,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from safetensors.torch import save as safetensors_bytes
+
 from components.tracking.model_package import checkpoint_in
 from components.tracking.registry import download_registered_checkpoint, resolve_model_version
-from components.training.checkpoint import WEIGHTS_FILE, CheckpointError, read_checkpoint_config
+from components.training.checkpoint import CheckpointError, read_checkpoint_config, read_weights
 from pipelines.training_run import Parent
 
 PARENT_MODEL_TAG, PARENT_VERSION_TAG, PARENT_RUN_TAG = "tvp.parent_model", "tvp.parent_version", "tvp.parent_run_id"
@@ -45,5 +47,6 @@ def resolve_parent(model_uri: str, task_name: str, tracking_uri: str, download_d
     if config["task"] != task_name:
         raise CheckpointError(f"--from {model_uri} is a {config['task']} checkpoint, not {task_name}")
     files = {name: (folder / name).read_text() for name in config["files"]}
+    weights = safetensors_bytes(read_weights(folder))  # under this code's names: an older format migrated
     return Parent(uri=model_uri, task=config["task"], task_config=config["task_config"], files=files,
-                  weights=(folder / WEIGHTS_FILE).read_bytes(), tags=tags, registered_model=registered_model)
+                  weights=weights, tags=tags, registered_model=registered_model)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from components.models.transformer import Transformer, causal_mask
+from components.models.transformer import Encoder, causal_mask
 from components.models.vit import ViTConfig, VisionTransformer
 
 
@@ -51,14 +51,14 @@ class TextTransformer(nn.Module):
         self.cfg = cfg
         self.token_embed = nn.Embedding(cfg.vocab_size, cfg.width)
         self.pos_embed = nn.Parameter(torch.randn(1, cfg.context_length, cfg.width) * 0.01)
-        self.transformer = Transformer(cfg.width, cfg.layers, cfg.heads, cfg.mlp_ratio)
+        self.encoder = Encoder(cfg.width, cfg.layers, cfg.heads, cfg.mlp_ratio)
         self.ln_final = nn.LayerNorm(cfg.width)
         self.register_buffer("attn_mask", causal_mask(cfg.context_length), persistent=False)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         length = tokens.shape[1]
         x = self.token_embed(tokens) + self.pos_embed[:, :length]  # (B, L, D)
-        x = self.ln_final(self.transformer(x, self.attn_mask[:length, :length]))
+        x = self.ln_final(self.encoder(x, self.attn_mask[:length, :length]))
         eot = (tokens != self.cfg.pad_id).sum(dim=1).clamp(min=1) - 1  # (B,)
         return x[torch.arange(x.shape[0], device=x.device), eot]  # (B, D)
 

@@ -216,14 +216,204 @@ class Encoder(nn.Module):
         return (x, all_weights) if need_weights else x
 
 
-class Transformer(nn.Module):
-    """Deprecated name of the encoder stack kept for ViT and CLIP until their weights migrate (``blocks``)."""
+# -- decoder -------------------------------------------------------------------------------------------------
+class DecoderLayer(nn.Module):
+    """Decoder layer: masked self-attention, cross-attention over the encoder's memory, MLP; pre- or post-norm.
 
-    def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0):
+    pre-norm:  x = x + drop(attn(ln_1(x))); x = x + drop(cross_attn(ln_2(x), memory)); x = x + mlp(ln_3(x))
+    post-norm: x = ln_1(x + drop(attn(x))); x = ln_2(x + drop(cross_attn(x, memory))); x = ln_3(x + mlp(x))
+    """
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0, *,
+                 attn_dropout: float = 0.0, norm_first: bool = True, eps: float = 1e-5, activation: str = "gelu"):
         super().__init__()
-        self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio, dropout) for _ in range(layers))
+        self.norm_first = norm_first
+        self.ln_1 = nn.LayerNorm(width, eps=eps)
+        self.attn = MultiHeadAttention(width, heads, attn_dropout)
+        self.ln_2 = nn.LayerNorm(width, eps=eps)
+        self.cross_attn = MultiHeadAttention(width, heads, attn_dropout)
+        self.ln_3 = nn.LayerNorm(width, eps=eps)
+        self.mlp = MLP(width, mlp_ratio, dropout, activation)
+        self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        for block in self.blocks:
-            x = block(x, attn_mask)
-        return x
+    def _residual(self, x: torch.Tensor, norm: nn.Module, branch: Callable[[torch.Tensor], torch.Tensor],
+                  drop: nn.Module) -> torch.Tensor:
+        if self.norm_first:
+            return x + drop(branch(norm(x)))
+        return norm(x + drop(branch(x)))
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                memory_mask: torch.Tensor | None = None, *, query_pos: torch.Tensor | None = None,
+                memory_pos: torch.Tensor | None = None, need_weights: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """x (B, Lq, D) attends to itself under ``attn_mask`` (look-ahead & padding), then to ``memory``
+        (B, Lk, D) under ``memory_mask`` (the source's padding). ``query_pos`` is added to x's query and key
+        inputs, ``memory_pos`` to the memory's key inputs (DETR). With ``need_weights``, also the self- and
+        cross-attention probabilities."""
+        weights: list[torch.Tensor] = []
+
+        def self_attention(h: torch.Tensor) -> torch.Tensor:
+            out = self.attn(h, attn_mask, query_pos=query_pos, key_pos=query_pos, need_weights=need_weights)
+            return _keep_weights(out, weights, need_weights)
+
+        def cross_attention(h: torch.Tensor) -> torch.Tensor:
+            out = self.cross_attn(h, memory_mask, memory=memory, query_pos=query_pos, key_pos=memory_pos,
+                                  need_weights=need_weights)
+            return _keep_weights(out, weights, need_weights)
+
+        x = self._residual(x, self.ln_1, self_attention, self.drop)
+        x = self._residual(x, self.ln_2, cross_attention, self.drop)
+        x = self._residual(x, self.ln_3, self.mlp, nn.Identity())
+        return (x, (weights[0], weights[1])) if need_weights else x
+
+
+def _keep_weights(out, weights: list[torch.Tensor], need_weights: bool) -> torch.Tensor:
+    """The attended values of an attention call; its probabilities, when asked for, appended to ``weights``."""
+    if not need_weights:
+        return out
+    weights.append(out[1])
+    return out[0]
+
+
+class Decoder(nn.Module):
+    """A stack of ``layers`` decoder layers over one memory (no final norm: the model adds it)."""
+
+    def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0, *,
+                 attn_dropout: float = 0.0, norm_first: bool = True, eps: float = 1e-5, activation: str = "gelu"):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            DecoderLayer(width, heads, mlp_ratio, dropout, attn_dropout=attn_dropout, norm_first=norm_first,
+                         eps=eps, activation=activation)
+            for _ in range(layers)
+        )
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                memory_mask: torch.Tensor | None = None, *, query_pos: torch.Tensor | None = None,
+                memory_pos: torch.Tensor | None = None, need_weights: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """x (B, Lq, D); with ``need_weights``, also (self, cross) attention probabilities per layer."""
+        all_weights = []
+        for layer in self.layers:
+            out = layer(x, memory, attn_mask, memory_mask, query_pos=query_pos, memory_pos=memory_pos,
+                        need_weights=need_weights)
+            x = _keep_weights(out, all_weights, need_weights)
+        return (x, all_weights) if need_weights else x
+
+
+# -- the original Transformer --------------------------------------------------------------------------------
+@dataclass
+class TransformerConfig:
+    """The encoder-decoder of Vaswani et al. (2017); defaults are the paper's base model (see PRESETS)."""
+
+    src_vocab_size: int = 37000  # source token ids
+    tgt_vocab_size: int = 37000  # target token ids (the output classes)
+    width: int = 512  # d_model
+    encoder_layers: int = 6
+    decoder_layers: int = 6
+    heads: int = 8
+    mlp_ratio: float = 4.0  # d_ff = mlp_ratio · d_model (2048 in the base model)
+    dropout: float = 0.1  # P_drop: residual branches and the embeddings' sum with positions
+    attn_dropout: float = 0.0  # on attention probabilities (the paper has none)
+    norm_first: bool = False  # the paper's post-norm; True adds a final LayerNorm to each stack
+    eps: float = 1e-5  # LayerNorm epsilon
+    activation: str = "relu"  # MLP activation: gelu, gelu_tanh, quick_gelu, relu
+    max_length: int = 1024  # longest source or target sequence (the position table's length)
+    pad_id: int = 0  # padding id in sources and targets: masked as keys
+    # One table for source, target and output projection (section 3.4; needs one shared vocabulary).
+    share_embeddings: bool = True
+
+    __pydantic_config__ = {"extra": "forbid"}
+
+    def __post_init__(self) -> None:
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
+            raise ValueError(f"share_embeddings needs one vocabulary, but src_vocab_size is {self.src_vocab_size} "
+                             f"and tgt_vocab_size {self.tgt_vocab_size}")
+        _activation_by_name(self.activation)
+
+
+# The paper's Table 3 sizes; any other field may be given beside a preset.
+PRESETS: dict[str, dict] = {
+    "base": dict(width=512, encoder_layers=6, decoder_layers=6, heads=8, mlp_ratio=4.0, dropout=0.1),
+    "big": dict(width=1024, encoder_layers=6, decoder_layers=6, heads=16, mlp_ratio=4.0, dropout=0.3),
+}
+
+
+def transformer_config(preset: str = "base", **overrides) -> TransformerConfig:
+    """A config from a named preset (``base``, ``big``) with fields overridden."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown Transformer preset {preset!r}; known: {', '.join(PRESETS)}")
+    return TransformerConfig(**{**PRESETS[preset], **overrides})
+
+
+class Transformer(nn.Module):
+    """Sequence-to-sequence model: source tokens (B, Ls) and target tokens (B, Lt) in, logits (B, Lt, V) out.
+
+    Token embeddings are scaled by sqrt(d_model) and summed with sinusoidal
+    positions; the decoder sees the target shifted right by the caller (it
+    starts with a begin token) under a look-ahead mask. Keys equal to
+    ``pad_id`` are masked unless explicit ``src_valid``/``tgt_valid`` are given.
+    """
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.cfg = cfg
+        stack = dict(mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout, attn_dropout=cfg.attn_dropout,
+                     norm_first=cfg.norm_first, eps=cfg.eps, activation=cfg.activation)
+        self.src_embed = nn.Embedding(cfg.src_vocab_size, cfg.width)
+        self.tgt_embed = None if cfg.share_embeddings else nn.Embedding(cfg.tgt_vocab_size, cfg.width)
+        self.register_buffer("positions", sinusoidal_positions(cfg.max_length, cfg.width), persistent=False)
+        self.embed_drop = nn.Dropout(cfg.dropout)
+        self.encoder = Encoder(cfg.width, cfg.encoder_layers, cfg.heads, **stack)
+        self.decoder = Decoder(cfg.width, cfg.decoder_layers, cfg.heads, **stack)
+        self.encoder_norm = nn.LayerNorm(cfg.width, eps=cfg.eps) if cfg.norm_first else nn.Identity()
+        self.decoder_norm = nn.LayerNorm(cfg.width, eps=cfg.eps) if cfg.norm_first else nn.Identity()
+        self.output = None if cfg.share_embeddings else nn.Linear(cfg.width, cfg.tgt_vocab_size, bias=False)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """Xavier-uniform matrices (as torch.nn.Transformer); embeddings N(0, d^-1/2), so scaled they are ~unit."""
+        for name, p in self.named_parameters():
+            if "embed" in name:
+                nn.init.normal_(p, std=self.cfg.width**-0.5)
+            elif p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+
+    def _embed(self, tokens: torch.Tensor, table: nn.Embedding) -> torch.Tensor:
+        length = tokens.shape[1]
+        if length > self.cfg.max_length:
+            raise ValueError(f"sequence of {length} tokens is longer than max_length {self.cfg.max_length}")
+        x = table(tokens) * math.sqrt(self.cfg.width) + self.positions[:length]  # (B, L, D)
+        return self.embed_drop(x)
+
+    def encode(self, src: torch.Tensor, src_valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Memory (B, Ls, D) of source tokens (B, Ls)."""
+        valid = src != self.cfg.pad_id if src_valid is None else src_valid
+        return self.encoder_norm(self.encoder(self._embed(src, self.src_embed), padding_mask(valid)))
+
+    def decode(self, tgt: torch.Tensor, memory: torch.Tensor, src_valid: torch.Tensor,
+               tgt_valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, Lt, V) for every target position, each seeing the targets up to itself and the memory."""
+        valid = tgt != self.cfg.pad_id if tgt_valid is None else tgt_valid
+        look_ahead = causal_mask(tgt.shape[1], tgt.device) & padding_mask(valid)  # (B, 1, Lt, Lt)
+        x = self._embed(tgt, self.src_embed if self.tgt_embed is None else self.tgt_embed)
+        x = self.decoder_norm(self.decoder(x, memory, look_ahead, padding_mask(src_valid)))
+        return F.linear(x, self.src_embed.weight) if self.output is None else self.output(x)
+
+    def forward(self, src: torch.Tensor, tgt: torch.Tensor, src_valid: torch.Tensor | None = None,
+                tgt_valid: torch.Tensor | None = None) -> torch.Tensor:
+        src_valid = src != self.cfg.pad_id if src_valid is None else src_valid
+        return self.decode(tgt, self.encode(src, src_valid), src_valid, tgt_valid)
+
+    @torch.no_grad()
+    def greedy_decode(self, src: torch.Tensor, bos_id: int, length: int,
+                      src_valid: torch.Tensor | None = None) -> torch.Tensor:
+        """The most likely next token, ``length`` times, after ``bos_id``: (B, length), the begin token left off."""
+        src_valid = src != self.cfg.pad_id if src_valid is None else src_valid
+        memory = self.encode(src, src_valid)
+        out = torch.full((src.shape[0], 1), bos_id, dtype=torch.long, device=src.device)
+        for _ in range(length):
+            logits = self.decode(out, memory, src_valid, torch.ones_like(out, dtype=torch.bool))
+            out = torch.cat([out, logits[:, -1].argmax(dim=-1, keepdim=True)], dim=1)
+        return out[:, 1:]

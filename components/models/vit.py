@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from components.models.transformer import Transformer
+from components.models.transformer import Encoder
 
 
 @dataclass
@@ -53,7 +53,7 @@ class VisionTransformer(nn.Module):
         self.patch_embed = PatchEmbedding(cfg.patch_size, cfg.width)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
         self.pos_embed = nn.Parameter(torch.randn(1, num_patches + 1, cfg.width) * 0.02)
-        self.transformer = Transformer(cfg.width, cfg.layers, cfg.heads, cfg.mlp_ratio, cfg.dropout)
+        self.encoder = Encoder(cfg.width, cfg.layers, cfg.heads, cfg.mlp_ratio, cfg.dropout)
         self.ln_post = nn.LayerNorm(cfg.width)
 
     def forward_tokens(self, images: torch.Tensor) -> torch.Tensor:
@@ -61,7 +61,7 @@ class VisionTransformer(nn.Module):
         x = self.patch_embed(images)  # (B, N, D)
         cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, D)
         x = torch.cat([cls, x], dim=1) + self.pos_embed  # (B, 1 + N, D)
-        return self.ln_post(self.transformer(x))
+        return self.ln_post(self.encoder(x))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.forward_tokens(images)[:, 0]  # (B, D)

@@ -17,8 +17,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from components.errors import TvpError
+from components.training.checkpoint_migration import CHECKPOINT_FORMAT_VERSION, migrate_weights
 
-CHECKPOINT_FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
@@ -54,20 +54,30 @@ def save_checkpoint_state(
 
 
 def read_checkpoint_config(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's ``config.json`` as written (its ``format_version`` is the writer's, maybe older)."""
     config_path = Path(path) / CONFIG_FILE
     if not config_path.is_file():
         raise CheckpointError(f"{path} is not a checkpoint: it has no {CONFIG_FILE}")
     config = json.loads(config_path.read_text())
     version = config.get("format_version")
-    if version != CHECKPOINT_FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {path} has format version {version}; this tvp reads {CHECKPOINT_FORMAT_VERSION}")
+    if not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"checkpoint {path} has no valid format version ({version!r})")
+    if version > CHECKPOINT_FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {version}, newer than this tvp reads "
+                              f"(up to {CHECKPOINT_FORMAT_VERSION}): upgrade tvp to load it")
     return config
 
 
-def load_weights(path: str | Path, model: nn.Module) -> None:
-    """Load ``model.safetensors`` into ``model``; every key must match."""
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The checkpoint's weights under this code's parameter names (older formats migrated)."""
+    config = read_checkpoint_config(path)
     state: dict[str, torch.Tensor] = load_file(str(Path(path) / WEIGHTS_FILE))
-    model.load_state_dict(state, strict=True)
+    return migrate_weights(state, config["task"], config["format_version"])
+
+
+def load_weights(path: str | Path, model: nn.Module) -> None:
+    """Load ``model.safetensors`` into ``model`` (older formats migrated); every key must match."""
+    model.load_state_dict(read_weights(path), strict=True)
 
 
 def copy_model_files(src: str | Path, dst: str | Path) -> Path:

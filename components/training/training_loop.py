@@ -37,7 +37,8 @@ from components.data.shards.tar_samples import iter_shard_samples
 from components.evaluation.batch_evaluation import gather_outputs, step_outputs
 from components.tasks.registry import build_task
 from components.tasks.task import EvalFacts
-from components.training.checkpoint import load_weights, save_checkpoint_state
+from components.training.checkpoint import load_weights, read_checkpoint_config, save_checkpoint_state
+from components.training.checkpoint_migration import migrate_optimizer_state
 from components.training.checkpoint_policy import CheckpointPolicy
 from components.training.loop_context import LoopContext
 from components.training.optimizers import build_adamw
@@ -124,6 +125,9 @@ class TrainingLoop:
             load_full_state_dict(self.model, holder.state_dict())
             state = load_train_state(path)
             if state is not None:
+                written = read_checkpoint_config(path)  # an older format's parameter names are migrated
+                state["optimizer"] = migrate_optimizer_state(state["optimizer"], written["task"],
+                                                             written["format_version"])
                 self.position = restore_train_state(self.model, self.step_fn, state)
         log.info("resuming at epoch %d, step %d", self.position["epoch"], self.position["step"])
         return True

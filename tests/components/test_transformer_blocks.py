@@ -45,8 +45,8 @@ def test_text_tower_is_causal_future_tokens_do_not_change_the_past():
     b = a.clone()
     b[0, 5:] = torch.tensor([9, 9, 9])  # change only positions after the end token
     # The pooled feature is at the end token (position 4 in a); with b it moves, so compare hidden states.
-    x_a = tower.ln_final(tower.transformer(tower.token_embed(a) + tower.pos_embed, tower.attn_mask))
-    x_b = tower.ln_final(tower.transformer(tower.token_embed(b) + tower.pos_embed, tower.attn_mask))
+    x_a = tower.ln_final(tower.encoder(tower.token_embed(a) + tower.pos_embed, tower.attn_mask))
+    x_b = tower.ln_final(tower.encoder(tower.token_embed(b) + tower.pos_embed, tower.attn_mask))
     torch.testing.assert_close(x_a[:, :5], x_b[:, :5])
     assert not torch.allclose(x_a[:, 5:], x_b[:, 5:])
 
@@ -55,7 +55,7 @@ def test_text_feature_is_taken_at_the_end_token():
     torch.manual_seed(0)
     tower = TextTransformer(TextConfig(vocab_size=50, context_length=8, width=32, layers=1, heads=2)).eval()
     tokens = torch.tensor([[1, 5, 2, 0, 0, 0, 0, 0], [1, 5, 6, 7, 8, 9, 3, 2]])
-    hidden = tower.ln_final(tower.transformer(tower.token_embed(tokens) + tower.pos_embed, tower.attn_mask))
+    hidden = tower.ln_final(tower.encoder(tower.token_embed(tokens) + tower.pos_embed, tower.attn_mask))
     features = tower(tokens)
     torch.testing.assert_close(features[0], hidden[0, 2])
     torch.testing.assert_close(features[1], hidden[1, 7])

@@ -15,6 +15,7 @@ from components.evaluation.eval_facts import eval_facts
 from components.tasks.registry import load_task_and_model
 from components.tasks.task import EvalFacts
 from components.tracking.registry import download_registered_checkpoint
+from components.training.checkpoint import CHECKPOINT_FORMAT_VERSION
 
 SUMMARY_KEYS = {"shards_dir", "num_train_samples", "tracking_uri", "run_id", "registered_model",
                 "model_version", "zero_shot_top1", "chance_top1"}
@@ -67,7 +68,7 @@ def test_registered_model_loads_back_and_reproduces_the_logged_accuracy(demo_run
     checkpoint = download_registered_checkpoint(uri, tmp_path / "ckpt", summary["tracking_uri"])
     names = sorted(p.name for p in checkpoint.iterdir())
     assert names == ["config.json", "model.safetensors", "tokenizer.json"]  # weights + JSON; no optimizer state
-    assert json.loads((checkpoint / "config.json").read_text())["format_version"] == 1
+    assert json.loads((checkpoint / "config.json").read_text())["format_version"] == CHECKPOINT_FORMAT_VERSION
     task, model = load_task_and_model(checkpoint)
     # One process, its own batch size, equals what the two workers evaluated between them during training.
     facts = EvalFacts.from_manifest(eval_facts(summary["heldout_shards_dir"]))
