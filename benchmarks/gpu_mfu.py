@@ -3,10 +3,13 @@
 Imports only torch-level code (``components.models``, ``components.losses``),
 so it runs wherever PyTorch runs. Each model is measured side by side with a
 reference of the same shape built from torch's own ``nn.TransformerEncoder``
-layers. Without a GPU it says so and exits cleanly; ``--device cpu --size
-tiny`` smoke-tests the script itself.
+layers. Models: CLIP ViT-B/16 (contrastive loss) and BERT-base (masked-LM
+loss at 20 masked positions of 128, as in BERT's phase-1 pretraining, plus
+next-sentence loss). Without a GPU it says so and exits cleanly; ``--device
+cpu --size tiny`` smoke-tests the script itself. One RESULT line per model,
+in the order measured.
 
-Run: ``python benchmarks/gpu_mfu.py [--batch 128] [--steps 30]``.
+Run: ``python benchmarks/gpu_mfu.py [--model clip|bert|all] [--batch 128] [--steps 30]``.
 """
 
 from __future__ import annotations
@@ -23,16 +26,23 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components.losses.contrastive import clip_loss  # noqa: E402
+from components.models.bert import BertConfig, BertForPreTraining, bert_config  # noqa: E402
 from components.models.clip import CLIP, CLIPConfig, TextConfig  # noqa: E402
 from components.models.vit import ViTConfig  # noqa: E402
 
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets.
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}
 
-SIZES = {
+CLIP_SIZES = {
     # CLIP ViT-B/16: the image and text towers of the original paper.
     "base": CLIPConfig(embed_dim=512, vision=ViTConfig(224, 16, 768, 12, 12), text=TextConfig(49408, 77, 512, 12, 8)),
     "tiny": CLIPConfig(embed_dim=32, vision=ViTConfig(32, 8, 64, 2, 2), text=TextConfig(512, 16, 64, 2, 2)),
+}
+
+# BERT: (config, sequence length, masked positions per sequence), as in BERT's phase-1 pretraining.
+BERT_SIZES = {
+    "base": (BertConfig(), 128, 20),
+    "tiny": (bert_config("tiny", vocab_size=512, max_position=32), 32, 5),
 }
 
 
@@ -86,19 +96,88 @@ def clip_train_flops(cfg: CLIPConfig, batch: int) -> float:
     return 3 * forward * batch  # backward costs about twice the forward
 
 
-def measure(model: nn.Module, cfg: CLIPConfig, batch: int, steps: int, warmup: int, device: torch.device) -> float:
+class ReferenceBert(nn.Module):
+    """BERT from torch's own post-norm TransformerEncoder: the same shapes, embeddings and tied MLM head as tvp's."""
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        h = cfg.hidden_size
+        self.word = nn.Embedding(cfg.vocab_size, h)
+        self.pos = nn.Parameter(torch.zeros(1, cfg.max_position, h))
+        self.segment = nn.Embedding(cfg.type_vocab_size, h)
+        self.ln = nn.LayerNorm(h, eps=cfg.eps)
+        self.dropout = nn.Dropout(cfg.dropout)
+        layer = nn.TransformerEncoderLayer(h, cfg.heads, cfg.intermediate_size, dropout=cfg.dropout, activation="gelu",
+                                           layer_norm_eps=cfg.eps, batch_first=True, norm_first=False)
+        self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        self.pooler = nn.Linear(h, h)
+        self.dense = nn.Linear(h, h)
+        self.mlm_ln = nn.LayerNorm(h, eps=cfg.eps)
+        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+        self.nsp = nn.Linear(h, 2)
+
+    def forward(self, ids, segments, masked_positions):
+        x = self.dropout(self.ln(self.word(ids) + self.pos[:, : ids.shape[1]] + self.segment(segments)))
+        x = self.encoder(x)
+        pooled = torch.tanh(self.pooler(x[:, 0]))
+        h = x.reshape(-1, x.shape[-1])[masked_positions]
+        return F.linear(self.mlm_ln(F.gelu(self.dense(h))), self.word.weight, self.bias), self.nsp(pooled)
+
+
+def bert_train_flops(cfg: BertConfig, length: int, masked: int) -> float:
+    """Per sequence: the encoder, the MLM transform and vocabulary projection at the masked positions, 3x forward."""
+    h = cfg.hidden_size
+    forward = tower_flops(length, h, cfg.layers) + masked * (2 * h * h + 2 * h * cfg.vocab_size)
+    return 3 * forward
+
+
+def clip_workload(size: str, batch: int, device: torch.device):
+    """(tvp model, reference model, loss(model) on a fixed batch, training FLOPs per sample)."""
+    cfg = CLIP_SIZES[size]
+    images = torch.randn(batch, 3, cfg.vision.image_size, cfg.vision.image_size, device=device)
+    tokens = torch.randint(3, cfg.text.vocab_size, (batch, cfg.text.context_length), device=device)
+
+    def loss(model):
+        return clip_loss(*model(images, tokens))
+
+    return (lambda: CLIP(cfg)), (lambda: ReferenceCLIP(cfg)), loss, clip_train_flops(cfg, 1)
+
+
+def bert_workload(size: str, batch: int, device: torch.device):
+    """Full-length sequences in two segments; masked-LM loss at ``masked`` random positions per row, plus NSP."""
+    cfg, length, masked = BERT_SIZES[size]
+    ids = torch.randint(5, cfg.vocab_size, (batch, length), device=device)
+    segments = (torch.arange(length, device=device) >= length // 2).long().expand(batch, -1)
+    rows = torch.rand(batch, length, device=device).argsort(dim=1)[:, :masked].sort(dim=1).values
+    positions = (rows + length * torch.arange(batch, device=device)[:, None]).reshape(-1)  # flat into B·L
+    labels = ids.reshape(-1)[positions]
+    nsp_labels = torch.randint(0, 2, (batch,), device=device)
+
+    def loss(model):
+        if isinstance(model, ReferenceBert):
+            mlm, nsp = model(ids, segments, positions)
+        else:
+            out = model(ids, segments, masked_positions=positions)
+            mlm, nsp = out.mlm_logits, out.nsp_logits
+        return F.cross_entropy(mlm.float(), labels) + F.cross_entropy(nsp.float(), nsp_labels)
+
+    return (lambda: BertForPreTraining(cfg)), (lambda: ReferenceBert(cfg)), loss, bert_train_flops(cfg, length, masked)
+
+
+WORKLOADS = {"clip": clip_workload, "bert": bert_workload}
+
+
+def measure(model: nn.Module, loss_of, batch: int, steps: int, warmup: int, device: torch.device) -> float:
     """Steady-state bf16 training samples/s."""
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    images = torch.randn(batch, 3, cfg.vision.image_size, cfg.vision.image_size, device=device)
-    tokens = torch.randint(3, cfg.text.vocab_size, (batch, cfg.text.context_length), device=device)
     for i in range(warmup + steps):
         if i == warmup:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             started = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            loss = clip_loss(*model(images, tokens))
+            loss = loss_of(model)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -110,7 +189,8 @@ def measure(model: nn.Module, cfg: CLIPConfig, batch: int, steps: int, warmup: i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--size", choices=sorted(SIZES), default="base")
+    parser.add_argument("--model", choices=[*WORKLOADS, "all"], default="all")
+    parser.add_argument("--size", choices=sorted(CLIP_SIZES), default="base")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
@@ -122,20 +202,22 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     peak = next((p for key, p in PEAK_BF16.items() if key in name), None)
     torch.backends.cuda.matmul.allow_tf32 = True
-    cfg = SIZES[args.size]
-    flops = clip_train_flops(cfg, 1)
-    print(f"device: {name}; CLIP {args.size}, batch {args.batch}, bf16 autocast, {args.steps} timed steps")
-    rates = {}
-    for label, build in (("tvp", lambda: CLIP(cfg)), ("reference", lambda: ReferenceCLIP(cfg))):
+    for family in WORKLOADS if args.model == "all" else [args.model]:
         torch.manual_seed(0)
-        rates[label] = measure(build(), cfg, args.batch, args.steps, args.warmup, device)
-        achieved = rates[label] * flops
-        mfu = f"{achieved / peak:.1%}" if peak else "n/a (unknown peak)"
-        print(f"  {label:9s} {rates[label]:9.1f} samples/s  {achieved / 1e12:8.2f} TFLOP/s  MFU {mfu}")
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    print(f"RESULT metric=clip_{args.size}_bf16_train_samples_per_s tvp={rates['tvp']:.1f} "
-          f"reference={rates['reference']:.1f} ratio={rates['tvp'] / rates['reference']:.3f} better=higher")
+        build_tvp, build_reference, loss_of, flops = WORKLOADS[family](args.size, args.batch, device)
+        print(f"device: {name}; {family.upper()} {args.size}, batch {args.batch}, bf16 autocast, "
+              f"{args.steps} timed steps")
+        rates = {}
+        for label, build in (("tvp", build_tvp), ("reference", build_reference)):
+            torch.manual_seed(0)
+            rates[label] = measure(build(), loss_of, args.batch, args.steps, args.warmup, device)
+            achieved = rates[label] * flops
+            mfu = f"{achieved / peak:.1%}" if peak else "n/a (unknown peak)"
+            print(f"  {label:9s} {rates[label]:9.1f} samples/s  {achieved / 1e12:8.2f} TFLOP/s  MFU {mfu}")
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        print(f"RESULT metric={family}_{args.size}_bf16_train_samples_per_s tvp={rates['tvp']:.1f} "
+              f"reference={rates['reference']:.1f} ratio={rates['tvp'] / rates['reference']:.3f} better=higher")
 
 
 if __name__ == "__main__":
