@@ -45,13 +45,12 @@ class BertConfig:
     def __post_init__(self) -> None:
         if self.hidden_size % self.heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by heads {self.heads}")
-        if int(self.hidden_size * self.mlp_ratio) != self.intermediate_size:
-            raise ValueError(f"intermediate_size {self.intermediate_size} is not a whole ratio of "
-                             f"hidden_size {self.hidden_size} that the shared MLP can express")
 
     @property
     def mlp_ratio(self) -> float:
-        return self.intermediate_size / self.hidden_size
+        """The shared MLP's width ratio: its inner width is int(H · ratio), which this makes intermediate_size
+        exactly for any pair of sizes (a plain quotient can land a hair below and lose a unit)."""
+        return (self.intermediate_size + 0.5) / self.hidden_size
 
 
 def _preset(layers: int, hidden: int, heads: int) -> dict:

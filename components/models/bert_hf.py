@@ -222,9 +222,9 @@ def import_hf_folder(path: str | Path) -> tuple[BertConfig, dict[str, torch.Tens
     for file in _weight_files(folder):
         state.update(load_file(file))
     vocab = (folder / "vocab.txt").read_text(encoding="utf-8") if (folder / "vocab.txt").is_file() else None
-    if vocab is not None and len(vocab.splitlines()) > cfg.vocab_size:
-        raise ValueError(f"vocab.txt has {len(vocab.splitlines())} tokens, more than the config's "
-                         f"vocab_size {cfg.vocab_size}")
+    tokens = 0 if vocab is None else len(vocab.rstrip("\n").split("\n"))  # one a line; only "\n" ends a line
+    if tokens > cfg.vocab_size:
+        raise ValueError(f"vocab.txt has {tokens} tokens, more than the config's vocab_size {cfg.vocab_size}")
     return cfg, weights_from_hf(state, cfg), vocab
 
 

@@ -200,6 +200,8 @@ def test_presets_are_the_released_sizes():
     assert bert_config("tiny", vocab_size=500).vocab_size == 500
     with pytest.raises(ValueError, match="heads"):
         BertConfig(hidden_size=100, heads=3)
+    odd = BertModel(BertConfig(vocab_size=50, hidden_size=312, heads=12, intermediate_size=1200, layers=1))
+    assert odd.encoder.layers[0].mlp.fc1.out_features == 1200  # TinyBERT's sizes: not a round ratio
     model = BertModel(bert_config("tiny", vocab_size=50, max_position=8))
     assert model.embeddings.word_embed.weight[0].abs().max() == 0  # the padding row
     with pytest.raises(ValueError, match="longer than max_position"):
