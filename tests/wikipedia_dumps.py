@@ -12,11 +12,14 @@ from __future__ import annotations
 import bz2
 import html
 import re
+import tempfile
+from functools import lru_cache
 from pathlib import Path
 
 from components.data.ingest.wikipedia_sample import sample_dump, table_markup_dump
 
-__all__ = ["sample_dump", "table_markup_dump", "split_dump", "read_sample_xml", "write_multistream", "renumbered"]
+__all__ = ["sample_dump", "table_markup_dump", "split_dump", "read_sample_xml", "write_multistream", "renumbered",
+           "sample_multistream"]
 
 _PAGE = re.compile(r"[ \t]*<page>.*?</page>\n?", re.S)
 _ID = re.compile(r"<id>(\d+)</id>")
@@ -54,3 +57,12 @@ def write_multistream(path: Path, header: str, pages: list[str], footer: str, pa
     index = path.with_name(path.name.replace(".xml.bz2", "-index.txt.bz2"))
     index.write_bytes(bz2.compress(("\n".join(index_lines) + "\n").encode("utf-8")))
     return index
+
+
+@lru_cache(maxsize=None)
+def sample_multistream(pages_per_stream: int = 30) -> Path:
+    """The embedded sample rewritten as a multistream dump with its index, made once per test process."""
+    dump = Path(tempfile.mkdtemp(prefix="tvp-wikipedia-")) / "enwiki-sample-multistream.xml.bz2"
+    header, pages, footer = split_dump(read_sample_xml())
+    write_multistream(dump, header, pages, footer, pages_per_stream)
+    return dump

@@ -308,18 +308,21 @@ def read_stream_pages(dump: str | Path, streams: list[tuple[int, int]], site: Si
 
 def check_multistream_tail(dump: str | Path, streams: list[StreamRange]) -> None:
     """Fail now, not in the last shard's task, when the dump was cut short (an interrupted download): the last
-    page stream and the closing stream after it must both be whole."""
+    page stream and the streams after it must all be whole, the last ending with ``</mediawiki>``."""
     dump = Path(dump)
     with open(dump, "rb") as f:
-        start = streams[-1].start
-        _decompress_stream(f, start, streams[-1].end, dump.name)
-        rest = f.read()  # what follows the last page stream: the closing </mediawiki> in its own stream(s)
+        f.seek(streams[-1].start)
+        rest = f.read()  # the last page stream, then the closing tag in its own stream
+    last = b""
     while rest:
         decompressor = bz2.BZ2Decompressor()
         try:
-            decompressor.decompress(rest)
+            last = decompressor.decompress(rest)
         except OSError as exc:
-            raise WikipediaDumpError(f"{dump.name}: its closing bz2 stream is corrupt ({exc})") from None
+            raise WikipediaDumpError(f"{dump.name}: a bz2 stream after byte {streams[-1].start} is corrupt "
+                                     f"({exc})") from None
         if not decompressor.eof:
             raise WikipediaDumpError(f"{dump.name} is truncated: its last bz2 stream has no end")
         rest = decompressor.unused_data
+    if not last.rstrip().endswith(b"</mediawiki>"):
+        raise WikipediaDumpError(f"{dump.name} is truncated: it does not end with </mediawiki>")

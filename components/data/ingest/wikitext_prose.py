@@ -40,8 +40,8 @@ _UNCLOSED_REF = re.compile(r"<ref\b[^>/]*>[^<]*", re.I)  # a <ref> never closed:
 # parses them, so ``{{x|}}`` is never read as a table end.
 _BRACKET = re.compile(r"\{\{|\}\}|^[ \t:]*\{\||^[ \t]*\|\}", re.M)
 _EXTERNAL_LINK = re.compile(r"\[(?:https?:|ftp:|mailto:|//)[^\s\]]*[ \t]*([^\]\n]*)\]", re.I)
-# Innermost links: no "[[" or "]]" inside, single brackets allowed (captions say "[above]").
-_INNER_LINK = re.compile(r"\[\[([^\[\]]*(?:(?:\[(?!\[)|\](?!\]))[^\[\]]*)*)\]\]([a-z]*)")
+# Innermost links: no "[[" or "]]" inside, single brackets allowed (captions say "[above]", even just before "]]").
+_INNER_LINK = re.compile(r"\[\[([^\[\]]*(?:(?:\[(?!\[)|\](?!\])|\](?=\]\]))[^\[\]]*)*)\]\]([a-z]*)")
 _INTERLANGUAGE = re.compile(r"^(?:[a-z]{2,3}(?:-[a-z0-9]+)*|simple)$")
 _QUOTES = re.compile(r"'{2,}")
 _TAG = re.compile(r"</?[a-zA-Z][a-zA-Z0-9]*\b[^<>]*>")
@@ -91,6 +91,7 @@ def _strip_brackets(text: str) -> str:
             if token in ("{{", "{|"):
                 if not stack:
                     out.append(text[kept_from:match.start()])
+                    kept_from = match.start()
                 stack.append((token, match.start()))
             elif stack and (token == "}}") == (stack[-1][0] == "{{"):
                 stack.pop()
