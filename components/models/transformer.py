@@ -236,12 +236,6 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(width, mlp_ratio, dropout, activation)
         self.drop = nn.Dropout(dropout)
 
-    def _residual(self, x: torch.Tensor, norm: nn.Module, branch: Callable[[torch.Tensor], torch.Tensor],
-                  drop: nn.Module) -> torch.Tensor:
-        if self.norm_first:
-            return x + drop(branch(norm(x)))
-        return norm(x + drop(branch(x)))
-
     def forward(self, x: torch.Tensor, memory: torch.Tensor, attn_mask: torch.Tensor | None = None,
                 memory_mask: torch.Tensor | None = None, *, query_pos: torch.Tensor | None = None,
                 memory_pos: torch.Tensor | None = None, need_weights: bool = False
@@ -250,29 +244,19 @@ class DecoderLayer(nn.Module):
         (B, Lk, D) under ``memory_mask`` (the source's padding). ``query_pos`` is added to x's query and key
         inputs, ``memory_pos`` to the memory's key inputs (DETR). With ``need_weights``, also the self- and
         cross-attention probabilities."""
-        weights: list[torch.Tensor] = []
+        h = self.ln_1(x) if self.norm_first else x
+        out = self.attn(h, attn_mask, query_pos=query_pos, key_pos=query_pos, need_weights=need_weights)
+        attended, self_weights = out if need_weights else (out, None)
+        x = x + self.drop(attended) if self.norm_first else self.ln_1(x + self.drop(attended))
 
-        def self_attention(h: torch.Tensor) -> torch.Tensor:
-            out = self.attn(h, attn_mask, query_pos=query_pos, key_pos=query_pos, need_weights=need_weights)
-            return _keep_weights(out, weights, need_weights)
+        h = self.ln_2(x) if self.norm_first else x
+        out = self.cross_attn(h, memory_mask, memory=memory, query_pos=query_pos, key_pos=memory_pos,
+                              need_weights=need_weights)
+        attended, cross_weights = out if need_weights else (out, None)
+        x = x + self.drop(attended) if self.norm_first else self.ln_2(x + self.drop(attended))
 
-        def cross_attention(h: torch.Tensor) -> torch.Tensor:
-            out = self.cross_attn(h, memory_mask, memory=memory, query_pos=query_pos, key_pos=memory_pos,
-                                  need_weights=need_weights)
-            return _keep_weights(out, weights, need_weights)
-
-        x = self._residual(x, self.ln_1, self_attention, self.drop)
-        x = self._residual(x, self.ln_2, cross_attention, self.drop)
-        x = self._residual(x, self.ln_3, self.mlp, nn.Identity())
-        return (x, (weights[0], weights[1])) if need_weights else x
-
-
-def _keep_weights(out, weights: list[torch.Tensor], need_weights: bool) -> torch.Tensor:
-    """The attended values of an attention call; its probabilities, when asked for, appended to ``weights``."""
-    if not need_weights:
-        return out
-    weights.append(out[1])
-    return out[0]
+        x = x + self.mlp(self.ln_3(x)) if self.norm_first else self.ln_3(x + self.mlp(x))
+        return (x, (self_weights, cross_weights)) if need_weights else x
 
 
 class Decoder(nn.Module):
@@ -296,7 +280,11 @@ class Decoder(nn.Module):
         for layer in self.layers:
             out = layer(x, memory, attn_mask, memory_mask, query_pos=query_pos, memory_pos=memory_pos,
                         need_weights=need_weights)
-            x = _keep_weights(out, all_weights, need_weights)
+            if need_weights:
+                x, weights = out
+                all_weights.append(weights)
+            else:
+                x = out
         return (x, all_weights) if need_weights else x
 
 
