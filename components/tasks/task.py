@@ -46,7 +46,7 @@ import torch
 from pydantic import TypeAdapter
 from torch import nn
 
-from components.models.transformer import Block
+from components.models.transformer import Block, DecoderLayer
 from components.training.checkpoint import CheckpointError
 
 
@@ -71,7 +71,7 @@ class Task(ABC):
     eval_columns: ClassVar[tuple[str, ...]] = ()  # shard members eval_transform reads
     asset_columns: ClassVar[tuple[str, ...]] = ()  # shard members prepare_assets reads
     backbone_prefixes: ClassVar[tuple[str, ...]] = ()  # parameter names that TrainConfig.backbone_lr applies to
-    fsdp_unit_types: ClassVar[tuple[type[nn.Module], ...]] = (Block,)
+    fsdp_unit_types: ClassVar[tuple[type[nn.Module], ...]] = (Block, DecoderLayer)  # encoder blocks and decoder layers
     fsdp_forward_methods: ClassVar[tuple[str, ...]] = ()  # model methods besides forward that evaluation calls
     # The registered model's signature: input column → MLflow type name ("string", "binary", "double", ...).
     inference_inputs: ClassVar[dict[str, str]] = {}
