@@ -81,13 +81,19 @@ def test_pretraining_logits_equal_transformers_with_padding_and_segments():
     torch.testing.assert_close(gathered.nsp_logits, got.nsp_logits)
 
 
-def test_sequence_classification_equals_transformers_and_takes_pretraining_weights():
+def test_sequence_classification_equals_transformers_and_takes_pretraining_weights(tmp_path):
     hf = hf_model(transformers.BertForSequenceClassification, num_labels=3)
     ours = ours_from(hf, BertForSequenceClassification, 3)
     ids, types, valid = batch()
     with torch.no_grad():
-        torch.testing.assert_close(ours(ids, types, valid), hf(input_ids=ids, token_type_ids=types,
-                                                                 attention_mask=valid).logits, atol=1e-5, rtol=0)
+        expected = hf(input_ids=ids, token_type_ids=types, attention_mask=valid).logits
+        torch.testing.assert_close(ours(ids, types, valid), expected, atol=1e-5, rtol=0)
+    export_hf_folder(tmp_path, ours.cfg, ours.state_dict())
+    back, info = transformers.BertForSequenceClassification.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and back.config.num_labels == 3
+    with torch.no_grad():
+        torch.testing.assert_close(back.eval()(input_ids=ids, token_type_ids=types, attention_mask=valid).logits,
+                                   expected, atol=1e-6, rtol=0)
     pretrained = BertForPreTraining(ours.cfg).state_dict()
     result = ours.load_state_dict({k: v for k, v in pretrained.items() if k.startswith("bert.")}, strict=False)
     assert sorted(result.missing_keys) == ["classifier.bias", "classifier.weight"] and not result.unexpected_keys
