@@ -33,6 +33,8 @@ def prose(wikitext: str) -> str:
     ("Born (born {{birth date|1900|1|1}}; died 1950) in Rome&nbsp;&ndash; Italy.",
      "Born (born; died 1950) in Rome – Italy."),
     ("An unclosed {{ stays as it is.", "An unclosed {{ stays as it is."),
+    ("An area of {{convert|52419|sqmi|km2|abbr=out}} and {{cvt|1|to|2|e6acre}} in {{lang|fr|la ville}}.",
+     "An area of 52419 sq mi and 1 to 2 million acre in la ville."),  # inline templates of prose are rendered
 ])
 def test_markup_becomes_prose(wikitext, expected):
     assert prose(wikitext) == expected

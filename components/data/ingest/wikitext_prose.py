@@ -9,7 +9,9 @@ and runs at a few pages per second on long articles). In order:
    ``<gallery>``, ``<syntaxhighlight>``, ``<timeline>``, ...), with their content;
 2. templates ``{{...}}`` and tables ``{|...|}``, nested in any mix, by one scan
    that keeps a stack of open brackets (an opener never closed is kept as text,
-   as MediaWiki shows it);
+   as MediaWiki shows it); a few inline templates whose output is prose are
+   rendered instead (``{{convert|5|km}}`` → "5 km", ``{{lang|fr|texte}}`` →
+   "texte", ``{{nowrap|...}}``), since dropping them leaves holes in sentences;
 3. external links ``[URL label]`` → label; internal links, innermost first:
    ``[[target|label]]trail`` → label + trail, ``[[target]]`` → target; file and
    image links, interlanguage links and category links removed (category names
@@ -77,13 +79,49 @@ def _namespace_key(name: str) -> str:
     return " ".join(name.replace("_", " ").split()).lower()
 
 
+# Inline templates whose text is prose (a template is otherwise removed): name → the positional argument shown.
+_SHOWN_ARGUMENT = {"lang": 1, "nowrap": 0, "nobr": 0, "nobreak": 0, "sic": 0, "not a typo": 0, "abbr": 0,
+                   "small": 0, "em": 0, "strong": 0, "mvar": 0, "var": 0, "as written": 0}
+_CONVERT = frozenset({"convert", "cvt"})
+_RANGE_WORDS = frozenset({"-", "–", "to", "and", "or", "by", "x", "×", "+", "to(-)"})
+_UNITS = {"sqmi": "sq mi", "sqft": "sq ft", "sqkm": "km²", "km2": "km²", "m2": "m²", "cuft": "cu ft", "m3": "m³",
+          "mph": "mph", "kph": "km/h", "kmh": "km/h", "c": "°C", "f": "°F"}
+
+
+def _unit(unit: str) -> str:
+    for prefix, word in (("e3", "thousand "), ("e6", "million "), ("e9", "billion ")):
+        if unit.startswith(prefix):
+            return word + _UNITS.get(unit[2:].lower(), unit[2:])
+    return _UNITS.get(unit.lower(), unit)
+
+
+def _render_inline(body: str) -> str:
+    """What an inline template without nested templates shows as prose: ``{{convert|5|km}}`` → "5 km",
+    ``{{lang|fr|texte}}`` → "texte"; every other template → ""."""
+    name, _, rest = body.partition("|")
+    name = name.replace("_", " ").strip().lower()
+    if name.startswith("lang-"):
+        name = "nowrap"
+    if name not in _SHOWN_ARGUMENT and name not in _CONVERT:
+        return ""
+    args = [a.strip() for a in rest.split("|") if "=" not in a] if rest else []
+    if name in _CONVERT:
+        if len(args) >= 4 and args[1] in _RANGE_WORDS:
+            return f"{args[0]} {args[1]} {args[2]} {_unit(args[3])}"
+        return f"{args[0]} {_unit(args[1])}" if len(args) >= 2 else ""
+    position = _SHOWN_ARGUMENT[name]
+    return args[position] if len(args) > position else ""
+
+
 def _strip_brackets(text: str) -> str:
-    """Remove templates and tables, nested in any mix; an opener never closed stays as text."""
+    """Remove templates and tables, nested in any mix (an inline template of prose is rendered, see
+    ``_render_inline``); an opener never closed stays as text."""
     if "{" not in text:
         return text
     out: list[str] = []
     kept_from = 0  # text before this position (outside any bracket) is still to be copied
     stack: list[tuple[str, int]] = []  # (kind, position of the opener)
+    nested = False  # the outermost bracket holds others
     position = 0
     while True:
         for match in _BRACKET.finditer(text, position):
@@ -91,11 +129,15 @@ def _strip_brackets(text: str) -> str:
             if token in ("{{", "{|"):
                 if not stack:
                     out.append(text[kept_from:match.start()])
-                    kept_from = match.start()
+                    kept_from, nested = match.start(), False
+                else:
+                    nested = True
                 stack.append((token, match.start()))
             elif stack and (token == "}}") == (stack[-1][0] == "{{"):
-                stack.pop()
+                kind, opened = stack.pop()
                 if not stack:
+                    if kind == "{{" and not nested:
+                        out.append(_render_inline(text[opened + 2:match.start()]))
                     kept_from = match.end()
             elif not stack and token == "}}":  # a stray closer
                 out.append(text[kept_from:match.start()])
