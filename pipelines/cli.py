@@ -481,7 +481,7 @@ def _train(args: argparse.Namespace, parent_uri: str | None = None) -> dict:
 
     purpose = "finetune" if parent_uri else "tiny"
     preset = args.config or default_preset(args.task, purpose)
-    load_run_config(args.task, preset, args.overrides)  # a wrong key fails here, before Ray and MLflow start
+    checked = load_run_config(args.task, preset, args.overrides)  # a wrong key fails here, before Ray and MLflow start
     sources = _training_sources(args)
 
     from components.data.ingest.text_table import read_classes, table_spec
@@ -499,8 +499,9 @@ def _train(args: argparse.Namespace, parent_uri: str | None = None) -> dict:
         read_classes(table_spec(table))  # a table without text, labels or classes fails before anything starts
     tracking_uri = prepare_services(workdir, args.address)
     if tables:  # labelled text tables become shard sets in the work directory first (once)
-        args.data = shard_tables_in_place(args.data, workdir)
-        args.eval = shard_tables_in_place([args.eval], workdir)[0] if args.eval else None
+        workers = checked.train.num_workers
+        args.data = shard_tables_in_place(args.data, workdir, workers)
+        args.eval = shard_tables_in_place([args.eval], workdir, workers)[0] if args.eval else None
         sources = _training_sources(args)
     if parent_uri and getattr(args, "fallback", None) and not _registered(parent_uri, tracking_uri):
         print(f"{parent_uri} names no registered version yet: starting from {args.fallback}")

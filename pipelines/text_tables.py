@@ -10,12 +10,15 @@ finished set and reuses it, an interrupted one resumes it.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from pathlib import Path
 from typing import Any, Callable
 
 from components.data.ingest.text_table import shard_text_table, table_spec
+from components.data.ingest.url_table import iter_row_batches
 
+MAX_ROWS_PER_SHARD = 10_000
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".jsonl", ".json", ".ndjson", ".csv.gz", ".tsv.gz", ".jsonl.gz")
 
 
@@ -25,7 +28,7 @@ def is_table_file(location: str) -> bool:
 
 
 def ingest_text_table(table: str, output: str | Path, text_column: str = "text", label_column: str = "label",
-                      fmt: str = "auto", rows_per_shard: int = 10_000,
+                      fmt: str = "auto", rows_per_shard: int = MAX_ROWS_PER_SHARD,
                       echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Shard a labelled text table into ``output`` (resuming a run there); return the manifest."""
     spec = table_spec(table, text_column, label_column, fmt)
@@ -40,8 +43,17 @@ def ingest_text_table(table: str, output: str | Path, text_column: str = "text",
     return manifest
 
 
-def shard_tables_in_place(locations: list[str], workdir: Path, echo: Callable[[str], None] = print) -> list[str]:
-    """``locations`` with every table file replaced by its shard set under ``workdir/tables`` (made if needed)."""
+def rows_per_shard_for(table: str, workers: int) -> int:
+    """Enough shards for every worker to read two (a table's set is small: training reads whole shards per
+    worker), at most ``MAX_ROWS_PER_SHARD`` rows each."""
+    rows = sum(batch.num_rows for batch in iter_row_batches(table_spec(table)))
+    return max(1, min(MAX_ROWS_PER_SHARD, math.ceil(rows / (2 * max(workers, 1)))))
+
+
+def shard_tables_in_place(locations: list[str], workdir: Path, workers: int,
+                          echo: Callable[[str], None] = print) -> list[str]:
+    """``locations`` with every table file replaced by its shard set under ``workdir/tables`` (made if needed,
+    with at least two shards per worker where the table has the rows)."""
     out = []
     for location in locations:
         if not is_table_file(location):
@@ -54,6 +66,6 @@ def shard_tables_in_place(locations: list[str], workdir: Path, echo: Callable[[s
         if not (target / "manifest.json").is_file():
             echo(f"sharding the labelled table {location} into {target}")
             os.makedirs(target.parent, exist_ok=True)
-            ingest_text_table(str(path), target, echo=echo)
+            ingest_text_table(str(path), target, rows_per_shard=rows_per_shard_for(str(path), workers), echo=echo)
         out.append(str(target))
     return out

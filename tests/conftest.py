@@ -120,3 +120,16 @@ def multi_node_cluster(ray_address, s3_env):
     # Not cluster.shutdown(): it also resets this process's Ray state, which the session's own head still needs.
     for node in [*cluster.worker_nodes, cluster.head_node]:
         cluster.remove_node(node, allow_graceful=False)
+
+
+@pytest.fixture(scope="session")
+def wiki_articles(ray_address, tmp_path_factory):
+    """The embedded Wikipedia sample ingested once (Ray tasks on the session's head) and split by article
+    (``tvp split-articles``): document sets ``train``/``heldout`` and the category-labelled sentence tables."""
+    from components.data.ingest.wikipedia_sample import sample_dump
+    from components.data.ingest.wikipedia_stage import WikipediaDumpReader, shard_wikipedia_dump
+    from pipelines.article_splits import split_articles
+
+    root = tmp_path_factory.mktemp("wiki")
+    shard_wikipedia_dump(WikipediaDumpReader(sample_dump()), root / "docs", 50)
+    return split_articles(str(root / "docs"), root / "split")
