@@ -90,3 +90,21 @@ def test_a_corrupt_stream_fails_in_its_task_with_the_dump_error_itself(ray_addre
     with pytest.raises(WikipediaDumpError, match="corrupt|not well-formed|truncated") as error:
         shard_wikipedia_dump(WikipediaDumpReader(dump), tmp_path / "out", 4)
     assert "\n" not in str(error.value)
+
+
+def test_every_kind_of_page_that_is_no_article_is_counted(ray_address, tmp_path):
+    page = "<page><title>{}</title><ns>{}</ns><id>{}</id><revision><id>9</id><text>{}</text></revision></page>"
+    siteinfo = ('<siteinfo><base>https://xx.example.org/wiki/Main</base><namespaces><namespace key="0" />'
+                '<namespace key="1">Talk</namespace></namespaces></siteinfo>')
+    pages = [page.format("Kept", 0, 1, "A '''kept''' article. [[Category:Tests]]"), page.format("Empty", 0, 2, "  "),
+             page.format("Talk:Kept", 1, 3, "Talk."), page.format("Odd", 90, 4, "Odd."),
+             page.format("Only templates", 0, 5, "{{Infobox|a=b}}\n{| \n| cell\n|}")]
+    dump = tmp_path / "kinds.xml"
+    dump.write_text(f'<mediawiki xml:lang="en">{siteinfo}{"".join(pages)}</mediawiki>')
+    manifest = shard_wikipedia_dump(WikipediaDumpReader(dump), tmp_path / "out", 60)
+    assert manifest["num_samples"] == 1 and manifest["num_input_rows"] == 5
+    assert manifest["errors"] == {"empty": 1, "other_namespace": 1, "unknown_namespace": 1, "no_prose": 1}
+    [sample] = iter_samples(tmp_path / "out")
+    assert sample["txt"] == b"A kept article.\n"
+    assert json.loads(sample["json"]) == {"id": 1, "revision_id": 9, "title": "Kept", "url_title": "Kept",
+                                          "url": "https://xx.example.org/wiki/Kept", "categories": ["Tests"]}
