@@ -80,6 +80,7 @@ def _write(path, data):
     (lambda p: write_dump(p, [PAGE.format(title="A", ns="", id=1, text="a")], siteinfo=""),
      "unknown namespace layout"),
     (lambda p: _write(p, b"not bz2 at all"), "not valid bz2"),
+    (lambda p: write_dump(p, [PAGE.format(title="A", ns="<ns>main</ns>", id=1, text="a")]), "not a number"),
 ])
 def test_bad_dumps_fail_in_one_line(tmp_path, make, message):
     dump = make(tmp_path / "bad.xml.bz2")

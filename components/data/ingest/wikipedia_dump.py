@@ -157,18 +157,25 @@ class _PageParser:
                 page.title = element.text or ""
             elif tag == "ns":
                 self.has_ns = True
-                page.ns = int(element.text)
+                page.ns = self._number(element, "<ns>")
             elif tag == "id":
-                page.id = int(element.text)
+                page.id = self._number(element, "<id>")
             elif tag == "redirect":
                 page.redirect = True
             elif tag == "revision":
                 element.clear()  # a full-history dump: the last revision wins
         elif parent == "revision":
             if tag == "id":
-                page.revision_id = int(element.text)
+                page.revision_id = self._number(element, "revision <id>")
             elif tag == "text":
                 page.text = element.text or ""
+
+    def _number(self, element, what: str) -> int:
+        try:
+            return int(element.text)
+        except (TypeError, ValueError):
+            raise WikipediaDumpError(f"{self.name}: page {self.page.title!r} has a {what} that is not a number "
+                                     f"({element.text!r})") from None
 
     def _finish(self, page: Page) -> Page:
         site = self.site or SiteInfo()
