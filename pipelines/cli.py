@@ -149,6 +149,18 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_text_table_parser(sources)
     _add_wikipedia_parser(sources)
 
+    export = commands.add_parser(
+        "export",
+        help="write a registered model (or a checkpoint) in Hugging Face's layout",
+        description=("Write MODEL_URI's weights and assets in the layout other libraries load: for BERT, "
+                     "model.safetensors + config.json + vocab.txt + tokenizer_config.json, which transformers' "
+                     "from_pretrained reads. The other way in is tvp finetune bert --from HF_FOLDER."),
+    )
+    export.add_argument("model_uri", metavar="MODEL_URI",
+                        help="models:/NAME@ALIAS, models:/NAME/VERSION or a checkpoint folder")
+    export.add_argument("--output", required=True, help="a new (or empty) folder for the exported files")
+    _add_workdir(export)
+
     split = commands.add_parser(
         "split-articles",
         help="split a document shard set by article, and label its sentences by category (small sets)",
@@ -669,6 +681,15 @@ def _ingest(args: argparse.Namespace) -> dict:
             "num_samples": manifest["num_samples"], "num_shards": manifest["num_shards"]}
 
 
+def _export(args: argparse.Namespace) -> dict:
+    from pipelines.export_model import export_model
+
+    tracking_uri = _tracking_uri(args.workdir) if args.model_uri.startswith("models:/") else None
+    folder = export_model(args.model_uri, args.output, tracking_uri)
+    print(f"exported {args.model_uri} to {folder}: {', '.join(sorted(p.name for p in folder.iterdir()))}")
+    return {"output": str(folder)}
+
+
 def _split_articles(args: argparse.Namespace) -> dict:
     from pipelines.article_splits import split_articles
 
@@ -902,7 +923,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(args.command, getattr(args, "workdir", None), args.verbose)
     try:
         with console:
-            commands = {"demo": _demo, "demo-data": _demo_data, "ingest": _ingest, "inspect": _inspect, "split-articles": _split_articles, "train": _train, "finetune": _finetune, "evaluate": _evaluate,
+            commands = {"demo": _demo, "demo-data": _demo_data, "ingest": _ingest, "inspect": _inspect, "split-articles": _split_articles, "export": _export, "train": _train, "finetune": _finetune, "evaluate": _evaluate,
                         "promote": _promote, "run": _run, "submit": _submit, "jobs": _jobs, "select-shards": _select_shards,
                         "schedule": _schedule, "ui": _ui}
             outputs = commands[args.command](args)

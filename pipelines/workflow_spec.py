@@ -55,6 +55,7 @@ STEP_OUTPUTS: dict[str, tuple[str, ...]] = {
               "checkpoint_uri", "data_manifest_hash", "metrics", "promotion"),
     "evaluate": ("model_uri", "metrics"),
     "select-shards": ("locations", "content_hashes", "count", "trained"),
+    "export": ("output",),
     "split-articles": ("train", "heldout", "categories_train", "categories_heldout"),
     "promote": ("model_uri", "promoted", "reason"),
 }

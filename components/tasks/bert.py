@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import json
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from itertools import islice
+from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Sequence
 
 import numpy as np
@@ -43,6 +44,7 @@ from components.data.loading.wordpiece import (
 )
 from components.evaluation.masked_lm import masked_lm_metrics, masked_lm_outputs
 from components.models.bert import BertConfig, BertForPreTraining, BertForSequenceClassification
+from components.models.bert_hf import export_hf_folder, import_hf_folder
 from components.models.transformer import Block
 from components.tasks.task import EvalFacts, Task
 from components.training.checkpoint import CheckpointError
@@ -305,6 +307,40 @@ class BertTask(Task):
                                  output_attentions=True)
         words = [self.tokenizer.id_to_token(t) or "?" for t in tokens]
         return attention_grid([a[0].float().numpy() for a in attentions], words, title=sentence[:120])
+
+    # -- Hugging Face layout ----------------------------------------------------------------------------------
+    @classmethod
+    def import_pretrained(cls, folder: Path) -> tuple[dict[str, Any], dict[str, str], dict[str, torch.Tensor]] | None:
+        """A Hugging Face BERT folder (``config.json`` with model_type bert, ``model.safetensors``, ``vocab.txt``;
+        ``tokenizer_config.json``'s do_lower_case when present) as a pretraining task. Such a folder carries no
+        training-document statistics: its unigram baselines are uniform and its NSP pool empty."""
+        config_path = folder / "config.json"
+        if not config_path.is_file() or json.loads(config_path.read_text()).get("model_type") != "bert":
+            return None
+        model_cfg, weights, vocab = import_hf_folder(folder)
+        if vocab is None:
+            raise CheckpointError(f"{folder} has no vocab.txt: the model's token ids mean nothing without it")
+        lowercase = True
+        tokenizer_config = folder / "tokenizer_config.json"
+        if tokenizer_config.is_file():
+            lowercase = bool(json.loads(tokenizer_config.read_text()).get("do_lower_case", True))
+        config = {"model": asdict(model_cfg), "objective": "pretraining", "lowercase": lowercase,
+                  "max_seq_length": min(128, model_cfg.max_position)}
+        return config, {VOCAB_FILE: vocab, UNIGRAM_FILE: "[]", NSP_POOL_FILE: ""}, weights
+
+    def export_pretrained(self, weights: dict[str, torch.Tensor], folder: Path) -> Path:
+        """``model.safetensors`` + ``config.json`` + ``vocab.txt`` + ``tokenizer_config.json``, which
+        transformers' ``from_pretrained`` loads (BertForPreTraining, or BertForSequenceClassification)."""
+        out = export_hf_folder(folder, self.config.model, weights, self.files.get(VOCAB_FILE))
+        tokenizer = {"do_lower_case": self.config.lowercase, "tokenizer_class": "BertTokenizer",
+                     "model_max_length": self.config.model.max_position}
+        (out / "tokenizer_config.json").write_text(json.dumps(tokenizer, indent=2) + "\n")
+        if self.classifies:
+            config = json.loads((out / "config.json").read_text())
+            config["id2label"] = {str(i): name for i, name in enumerate(self.config.labels)}
+            config["label2id"] = {name: i for i, name in enumerate(self.config.labels)}
+            (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        return out
 
     # -- inference --------------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, Sequence
 
 import numpy as np
@@ -162,6 +163,17 @@ class Task(ABC):
     def visualize(self, model: nn.Module, samples: list[dict[str, bytes]], facts: EvalFacts) -> Any:
         """A picture of results on a few held-out samples (a PIL image), logged with each evaluation; or None."""
         return None
+
+    # -- other libraries' layouts -----------------------------------------------------------------------------
+    @classmethod
+    def import_pretrained(cls, folder: Path) -> tuple[dict[str, Any], dict[str, str], dict[str, torch.Tensor]] | None:
+        """A model saved in another library's layout (Hugging Face's, say) as this task's (config, files,
+        weights), to fine-tune from; None when ``folder`` is not a layout this task reads."""
+        return None
+
+    def export_pretrained(self, weights: dict[str, torch.Tensor], folder: Path) -> Path:
+        """Write ``weights`` in the layout other libraries load (Hugging Face's, say); return the folder."""
+        raise NotImplementedError(f"task {self.name} has no export to another library's layout")
 
     # -- inference --------------------------------------------------------------------------------------------
     def predict(self, model: nn.Module, records: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -111,3 +111,38 @@ def test_a_pretraining_checkpoint_becomes_a_classifier_with_its_encoder(wiki):
     with pytest.raises(ValueError, match="not one of this classifier's classes"):
         classifier_task.transform_batch({"txt": np.array([b"x"], dtype=object),
                                          "json": np.array([b'{"label": 7, "label_name": "zzz"}'], dtype=object)})
+
+
+def test_hugging_face_layout_out_and_back_in(wiki, tmp_path):
+    """tvp export writes what transformers loads with the same logits; tvp finetune --from reads it back."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import BertForPreTraining as HFBert
+
+    from pipelines.export_model import export_model
+    from pipelines.finetune import PARENT_FORMAT_TAG, resolve_parent
+    from components.training.checkpoint import save_checkpoint_state
+
+    task = prepared_task(str(wiki.train))
+    torch.manual_seed(0)
+    model = task.build_model().eval()
+    checkpoint = save_checkpoint_state(tmp_path / "ckpt", model.state_dict(), "bert", task.config_dict(), task.files)
+    folder = export_model(str(checkpoint), tmp_path / "hf", None)
+    assert {"model.safetensors", "config.json", "vocab.txt", "tokenizer_config.json"} <= {p.name for p in folder.iterdir()}
+
+    reference = HFBert.from_pretrained(folder).eval()
+    ids = torch.tensor([[2, 40, 41, 42, 3, 50, 51, 3, 0, 0]])
+    types = torch.tensor([[0, 0, 0, 0, 0, 1, 1, 1, 0, 0]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        ours = model(ids, types, mask)
+        theirs = reference(input_ids=ids, token_type_ids=types, attention_mask=mask)
+    torch.testing.assert_close(ours.mlm_logits, theirs.prediction_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.nsp_logits, theirs.seq_relationship_logits, atol=1e-5, rtol=1e-5)
+
+    parent = resolve_parent(str(folder), "bert", "sqlite:///unused.db", tmp_path / "download")
+    assert parent.tags[PARENT_FORMAT_TAG] == "huggingface" and parent.files["vocab.txt"] == task.files["vocab.txt"]
+    assert parent.task_config["model"] == task.config_dict()["model"]
+    with pytest.raises(Exception, match="not an empty folder"):
+        export_model(str(checkpoint), tmp_path / "hf", None)
