@@ -45,8 +45,9 @@ def test_a_multistream_dump_reads_stream_by_stream_to_the_same_pages(sample_page
     dump = sample_multistream()
     index = index_for(dump)
     assert index.name == "enwiki-sample-multistream-index.txt.bz2"
-    streams = read_index(index, dump)
-    assert [len(s.page_ids) for s in streams] == [30] * 6 + [26]
+    streams = read_index(index, dump, site)
+    assert [s.pages for s in streams] == [30] * 6 + [26]
+    assert sum(s.articles for s in streams) == 205  # by title: one page is Wikipedia:...
     check_multistream_tail(dump, streams)
     # The last stream first: any stream decompresses and parses alone.
     last = list(read_stream_pages(dump, [(streams[-1].start, streams[-1].end)], read_siteinfo(dump)))
@@ -93,12 +94,14 @@ def test_a_truncated_multistream_dump_is_found_from_its_tail(tmp_path):
     header, raw, footer = split_dump(read_sample_xml())
     dump = tmp_path / "x-multistream.xml.bz2"
     index = write_multistream(dump, header, raw[:12], footer, pages_per_stream=5)
+    site = read_siteinfo(dump)
+    last_start = read_index(index, dump, site)[-1].start
     dump.write_bytes(dump.read_bytes()[:-30])  # the closing stream cut short
     with pytest.raises(WikipediaDumpError, match="truncated"):
-        check_multistream_tail(dump, read_index(index, dump))
-    dump.write_bytes(dump.read_bytes()[:read_index(index, dump)[-1].start + 100])  # the last page stream too
+        check_multistream_tail(dump, read_index(index, dump, site))
+    dump.write_bytes(dump.read_bytes()[:last_start + 100])  # the last page stream too
     with pytest.raises(WikipediaDumpError, match="truncated"):
-        check_multistream_tail(dump, read_index(index, dump))
+        check_multistream_tail(dump, read_index(index, dump, site))
     index.write_bytes(bz2.compress(b"99999999:1:A\n"))
     with pytest.raises(WikipediaDumpError, match="points past the end"):
-        read_index(index, dump)
+        read_index(index, dump, site)

@@ -231,12 +231,13 @@ def read_siteinfo(path: str | Path) -> SiteInfo:
 @dataclass(frozen=True)
 class StreamRange:
     """One bz2 stream of pages: bytes ``[start, end)`` of the dump (``end`` may run past it into the next
-    stream: decompression stops at the stream's end), and the ids and titles the index lists for it."""
+    stream: decompression stops at the stream's end), the number of pages the index lists for it, and how many
+    of those are in the article namespace by their titles."""
 
     start: int
     end: int
-    page_ids: tuple[int, ...]
-    titles: tuple[str, ...]
+    pages: int
+    articles: int
 
 
 def index_for(dump: str | Path) -> Path | None:
@@ -252,11 +253,12 @@ def index_for(dump: str | Path) -> Path | None:
     return None
 
 
-def read_index(index: str | Path, dump: str | Path) -> list[StreamRange]:
-    """The page streams of a multistream dump, in file order, checked against the dump's size."""
+def read_index(index: str | Path, dump: str | Path, site: SiteInfo) -> list[StreamRange]:
+    """The page streams of a multistream dump, in file order, checked against the dump's size. Only counts are
+    kept (not the titles: an index of the English Wikipedia lists tens of millions)."""
     index, size = Path(index), os.path.getsize(dump)
     starts: list[int] = []
-    pages: dict[int, tuple[list[int], list[str]]] = {}
+    counts: dict[int, list[int]] = {}  # stream start → [pages, articles]
     opener = bz2.open if index.suffix == ".bz2" else open
     try:
         with opener(index, "rt", encoding="utf-8") as f:
@@ -264,14 +266,14 @@ def read_index(index: str | Path, dump: str | Path) -> list[StreamRange]:
                 if not line.strip():
                     continue
                 offset, page_id, title = line.rstrip("\n").split(":", 2)
-                offset_i = int(offset)
-                if offset_i not in pages:
+                offset_i, _ = int(offset), int(page_id)
+                if offset_i not in counts:
                     if starts and offset_i < starts[-1]:
                         raise ValueError(f"line {number}: offsets go backwards")
                     starts.append(offset_i)
-                    pages[offset_i] = ([], [])
-                pages[offset_i][0].append(int(page_id))
-                pages[offset_i][1].append(title)
+                    counts[offset_i] = [0, 0]
+                counts[offset_i][0] += 1
+                counts[offset_i][1] += site.namespace_of_title(title) == ARTICLE_NAMESPACE
     except (EOFError, OSError) as exc:
         raise WikipediaDumpError(f"index {index.name} is truncated or not valid bz2 ({exc})") from None
     except ValueError as exc:
@@ -282,7 +284,7 @@ def read_index(index: str | Path, dump: str | Path) -> list[StreamRange]:
         raise WikipediaDumpError(f"index {index.name} points past the end of {Path(dump).name} "
                                  f"(offset {starts[-1]}, file size {size}): another dump's index, or a truncated dump?")
     ends = starts[1:] + [size]
-    return [StreamRange(s, e, tuple(pages[s][0]), tuple(pages[s][1])) for s, e in zip(starts, ends)]
+    return [StreamRange(s, e, *counts[s]) for s, e in zip(starts, ends)]
 
 
 def _decompress_stream(f: BinaryIO, start: int, end: int, name: str) -> bytes:

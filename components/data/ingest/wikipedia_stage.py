@@ -108,9 +108,9 @@ class WikipediaDumpReader:
     def streams(self) -> list[StreamRange]:
         """The dump's page streams (multistream with an index), checked: the index fits, the tail is whole,
         and some page is an article."""
-        streams = read_index(self.index, self.dump)
+        streams = read_index(self.index, self.dump, self.site)
         check_multistream_tail(self.dump, streams)
-        if not any(self.site.namespace_of_title(t) == ARTICLE_NAMESPACE for s in streams for t in s.titles):
+        if not any(s.articles for s in streams):
             raise WikipediaDumpError(f"{self.dump.name} has no articles: its index lists no page in namespace 0")
         return streams
 
@@ -118,11 +118,10 @@ class WikipediaDumpReader:
         """Rows of about ``pages_per_shard`` pages: pages themselves, or whole streams of a multistream dump."""
         if not self.index:
             return pages_per_shard
-        pages = sum(len(s.page_ids) for s in self.streams)
-        return max(1, round(pages_per_shard / (pages / len(self.streams))))
+        return max(1, round(pages_per_shard / (self.num_pages() / len(self.streams))))
 
     def num_pages(self) -> int | None:
-        return sum(len(s.page_ids) for s in self.streams) if self.index else None
+        return sum(s.pages for s in self.streams) if self.index else None
 
     def describe(self) -> dict[str, Any]:
         source = {"dump": self.dump.name, "bytes": self.dump.stat().st_size,
@@ -138,7 +137,7 @@ class WikipediaDumpReader:
         for i in range(0, len(self.streams), batch_rows):
             batch = self.streams[i:i + batch_rows]
             yield pa.table({"stream_start": [s.start for s in batch], "stream_end": [s.end for s in batch],
-                            "pages": [len(s.page_ids) for s in batch]}, schema=STREAM_SCHEMA)
+                            "pages": [s.pages for s in batch]}, schema=STREAM_SCHEMA)
 
     def _read_pages(self, batch_rows: int) -> Iterator[pa.Table]:
         rows: list[dict[str, Any]] = []
