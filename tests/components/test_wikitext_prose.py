@@ -35,6 +35,9 @@ def prose(wikitext: str) -> str:
     ("An unclosed {{ stays as it is.", "An unclosed {{ stays as it is."),
     ("An area of {{convert|52419|sqmi|km2|abbr=out}} and {{cvt|1|to|2|e6acre}} in {{lang|fr|la ville}}.",
      "An area of 52419 sq mi and 1 to 2 million acre in la ville."),  # inline templates of prose are rendered
+    ("[[File:K.svg|thumb|Was [[kanji]], then {{lang|ja|[[wikt:気|気]]}}.]]Ki is {{lang|ja|[[wikt:気|気]]}}.",
+     "Ki is 気."),  # a link inside a rendered template's argument
+    (";Term\n: definition here", "Term\ndefinition here"),
 ])
 def test_markup_becomes_prose(wikitext, expected):
     assert prose(wikitext) == expected

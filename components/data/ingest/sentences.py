@@ -19,9 +19,10 @@ DEFAULT_LANGUAGE = "en"
 
 
 def split_sentences(paragraphs: Iterable[str], language: str = DEFAULT_LANGUAGE) -> Iterator[str]:
-    """Each paragraph's sentences in order, stripped, never empty; a sentence never spans two paragraphs."""
+    """Each paragraph's sentences in order, stripped; a sentence never spans two paragraphs, and one with no
+    letter or digit (a lone ")") is dropped."""
     for paragraph in paragraphs:
         for sentence in segment(language, paragraph):
             sentence = sentence.strip()
-            if sentence:
+            if any(c.isalnum() for c in sentence):
                 yield sentence

@@ -57,6 +57,7 @@ _EMPTY_PARENTHESES = re.compile(r"\(\s*[,;:.–—-]*\s*\)|\[\s*\]")
 _OPEN_PARENTHESIS_SPACE = re.compile(r"\( ([,;:]\s*)?")
 _REPEATED_PUNCTUATION = re.compile(r"([,;:])(?:\s*[,;:])+")
 _LETTER = re.compile(r"[^\W\d_]")
+_LEADING_PUNCTUATION = re.compile(r"^[,.;:)\]]+\s*")  # what is left of a definition list or a removed template
 
 # Section titles (lower case) whose content is lists of sources or links, not prose.
 NON_PROSE_SECTIONS = frozenset({
@@ -83,6 +84,7 @@ def _namespace_key(name: str) -> str:
 _SHOWN_ARGUMENT = {"lang": 1, "nowrap": 0, "nobr": 0, "nobreak": 0, "sic": 0, "not a typo": 0, "abbr": 0,
                    "small": 0, "em": 0, "strong": 0, "mvar": 0, "var": 0, "as written": 0}
 _CONVERT = frozenset({"convert", "cvt"})
+_ARGUMENT_BAR = re.compile(r"\|(?![^\[]*\]\])")  # a "|" that is not inside a [[link|label]]
 _RANGE_WORDS = frozenset({"-", "–", "to", "and", "or", "by", "x", "×", "+", "to(-)"})
 _UNITS = {"sqmi": "sq mi", "sqft": "sq ft", "sqkm": "km²", "km2": "km²", "m2": "m²", "cuft": "cu ft", "m3": "m³",
           "mph": "mph", "kph": "km/h", "kmh": "km/h", "c": "°C", "f": "°F"}
@@ -104,7 +106,7 @@ def _render_inline(body: str) -> str:
         name = "nowrap"
     if name not in _SHOWN_ARGUMENT and name not in _CONVERT:
         return ""
-    args = [a.strip() for a in rest.split("|") if "=" not in a] if rest else []
+    args = [a.strip() for a in _ARGUMENT_BAR.split(rest) if "=" not in a] if rest else []
     if name in _CONVERT:
         if len(args) >= 4 and args[1] in _RANGE_WORDS:
             return f"{args[0]} {args[1]} {args[2]} {_unit(args[3])}"
@@ -254,7 +256,7 @@ def _tidy(paragraph: str) -> str:
         paragraph = _OPEN_PARENTHESIS_SPACE.sub("(", paragraph)
     paragraph = _SPACE_BEFORE_PUNCTUATION.sub(r"\1", paragraph)
     paragraph = _REPEATED_PUNCTUATION.sub(r"\1", paragraph)
-    paragraph = _SPACE.sub(" ", paragraph).strip()
+    paragraph = _LEADING_PUNCTUATION.sub("", _SPACE.sub(" ", paragraph).strip())
     return paragraph if _LETTER.search(paragraph) else ""
 
 
