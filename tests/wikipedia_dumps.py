@@ -51,7 +51,8 @@ def write_multistream(path: Path, header: str, pages: list[str], footer: str, pa
             offset = f.tell()
             chunk = pages[i:i + pages_per_stream]
             for page in chunk:
-                index_lines.append(f"{offset}:{_ID.search(page).group(1)}:{html.unescape(_TITLE.search(page).group(1))}")
+                title = html.unescape(_TITLE.search(page).group(1))
+                index_lines.append(f"{offset}:{_ID.search(page).group(1)}:{title}")
             f.write(bz2.compress("".join(chunk).encode("utf-8")))
         f.write(bz2.compress(footer.encode("utf-8")))
     index = path.with_name(path.name.replace(".xml.bz2", "-index.txt.bz2"))

@@ -18,7 +18,8 @@ SITEINFO = ('<siteinfo><namespaces><namespace key="0" /><namespace key="1">Talk<
 
 
 def write_dump(path, pages, siteinfo=SITEINFO, compress=True):
-    xml = f'<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/" xml:lang="en">{siteinfo}{"".join(pages)}</mediawiki>'
+    root = '<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/" xml:lang="en">'
+    xml = f'{root}{siteinfo}{"".join(pages)}</mediawiki>'
     path.write_bytes(bz2.compress(xml.encode()) if compress else xml.encode())
     return path
 

@@ -44,7 +44,8 @@ def test_markup_becomes_prose(wikitext, expected):
 
 
 def test_categories_are_collected_and_removed_but_category_links_stay_text():
-    out = CLEAN.clean("Text [[:Category:Seen]].\n[[Category:Cats|Sort key]]\n[[category: big_dogs ]]\n[[Category:Cats]]")
+    out = CLEAN.clean("Text [[:Category:Seen]].\n[[Category:Cats|Sort key]]\n[[category: big_dogs ]]\n"
+                      "[[Category:Cats]]")
     assert out.paragraphs == ["Text Category:Seen."]
     assert out.categories == ["Cats", "Big dogs"]
 
@@ -82,7 +83,8 @@ def test_the_table_markup_page():
     pages = {p.title: p for p in iter_pages(table_markup_dump())}
     out = CLEAN.clean(pages["Academy Award for Best Production Design"].text)
     sentences = list(split_sentences(out.paragraphs))
-    assert sentences[0] == "The Academy Award for Best Production Design recognizes achievement for art direction in film."
+    assert sentences[0] == ("The Academy Award for Best Production Design recognizes achievement for art direction "
+                            "in film.")
     assert sentences[-1] == ("In the lists below, the winner of the award for each year is shown first, followed by "
                              "the other nominees.")
     assert len(sentences) == 7  # the year-by-year tables are gone, every row of them

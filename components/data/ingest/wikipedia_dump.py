@@ -277,7 +277,8 @@ def read_index(index: str | Path, dump: str | Path, site: SiteInfo) -> list[Stre
     except (EOFError, OSError) as exc:
         raise WikipediaDumpError(f"index {index.name} is truncated or not valid bz2 ({exc})") from None
     except ValueError as exc:
-        raise WikipediaDumpError(f"index {index.name} is not a multistream index (OFFSET:ID:TITLE lines): {exc}") from None
+        raise WikipediaDumpError(f"index {index.name} is not a multistream index (OFFSET:ID:TITLE lines): "
+                                 f"{exc}") from None
     if not starts:
         raise WikipediaDumpError(f"index {index.name} lists no pages")
     if starts[-1] >= size:
