@@ -1,4 +1,4 @@
-"""BERT weights and configs to and from the Hugging Face layout (``model.safetensors`` + ``config.json`` + ``vocab.txt``).
+"""BERT weights and configs to and from the Hugging Face layout: model.safetensors + config.json + vocab.txt.
 
 Users start from released checkpoints (``bert-base-uncased`` and the like, as
 a folder on disk) and take their own weights back out in the same form, which
@@ -124,7 +124,8 @@ def _head_report(ours: dict[str, torch.Tensor]) -> list[str]:
     """The parts a checkpoint lacks; a classification checkpoint is not expected to carry the pretraining heads."""
     parts = {"pooler (bert.pooler.dense)": "bert.pooler.weight"}
     if "classifier.weight" not in ours:
-        parts.update({"MLM head (cls.predictions.*)": "mlm.dense.weight", "NSP head (cls.seq_relationship.*)": "nsp.weight"})
+        parts["MLM head (cls.predictions.*)"] = "mlm.dense.weight"
+        parts["NSP head (cls.seq_relationship.*)"] = "nsp.weight"
     return [name for name, key in parts.items() if key not in ours]
 
 
