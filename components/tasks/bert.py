@@ -69,6 +69,7 @@ class BertTaskConfig:
     max_predictions: int = 20  # at most this many predicted tokens per example
     whole_word_mask: bool = False  # mask every piece of a word together
     examples_per_document: int = 1  # pretraining examples drawn from each document per epoch
+    eval_examples_per_document: int | None = None  # held-out examples per document; None: examples_per_document
     lowercase: bool = True  # uncased vocabulary, accents stripped (BERT's uncased models)
     vocab_file: str | None = None  # a given vocab.txt instead of training one (released weights need theirs)
     labels: list[str] = field(default_factory=list)  # classification: class names by id; empty: from the data
@@ -82,10 +83,13 @@ class BertTaskConfig:
             raise ValueError(f"max_seq_length {self.max_seq_length} exceeds model.max_position "
                              f"{self.model.max_position}")
 
-    def examples(self) -> ExampleConfig:
+    def examples(self, evaluation: bool = False) -> ExampleConfig:
+        per_document = self.examples_per_document
+        if evaluation and self.eval_examples_per_document is not None:
+            per_document = self.eval_examples_per_document
         return ExampleConfig(max_seq_length=self.max_seq_length, short_seq_prob=self.short_seq_prob,
                              mask_prob=self.mask_prob, max_predictions=self.max_predictions,
-                             whole_word_mask=self.whole_word_mask, examples_per_document=self.examples_per_document)
+                             whole_word_mask=self.whole_word_mask, examples_per_document=per_document)
 
 
 @lru_cache(maxsize=4)
@@ -211,9 +215,10 @@ class BertTask(Task):
         docs = tokenize_documents(self.tokenizer, [_sentences(t) for t in texts])
         return self._examples(docs, rngs)
 
-    def _examples(self, docs: list[list[list[int]]], rngs: Sequence[np.random.Generator]) -> dict[str, np.ndarray]:
+    def _examples(self, docs: list[list[list[int]]], rngs: Sequence[np.random.Generator],
+                  evaluation: bool = False) -> dict[str, np.ndarray]:
         tokenizer = self.tokenizer  # random replacements come from its entries, not the table's spare rows
-        return pretraining_batch(docs, rngs, self.config.examples(), special_ids(tokenizer),
+        return pretraining_batch(docs, rngs, self.config.examples(evaluation), special_ids(tokenizer),
                                  tokenizer.get_vocab_size(), _continuation(tokenizer))
 
     def _classification_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -270,8 +275,8 @@ class BertTask(Task):
             rng = _text_seed(text)
             partner = pool[int(rng.integers(len(pool)))] if pool else []
             doc = tokenize_documents(self.tokenizer, [_sentences(text)])[0]
-            example = self._examples([doc, partner or doc], [rng, np.random.default_rng(0)])
-            rows.append({k: v[: self.config.examples_per_document] for k, v in example.items()})
+            example = self._examples([doc, partner or doc], [rng, np.random.default_rng(0)], evaluation=True)
+            rows.append({k: v[: len(v) // 2] for k, v in example.items()})  # the held-out document's own
         return {k: np.concatenate([r[k] for r in rows]) for k in rows[0]} if rows else {}
 
     @torch.no_grad()
