@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,8 @@ from components.data.shards.shard_set import ShardSet
 from components.data.shards.shard_writer import finalize_shard_set, write_shard
 from components.errors import TvpError
 
-PER_SHARD = 1000
+MAX_PER_SHARD = 1000
+MIN_SHARDS = 8  # training deals whole shards to workers: a small set still gets enough of them
 MIN_WORDS = 4  # shorter sentences ("See also.") say nothing of their article's subject
 
 
@@ -71,11 +73,13 @@ def choose_categories(articles: list[dict[str, Any]], classes: int) -> dict[str,
 
 
 def _write_documents(samples: list[dict[str, Any]], out: Path, source: dict[str, Any]) -> None:
+    """At least ``MIN_SHARDS`` shards where there are that many articles, at most ``MAX_PER_SHARD`` each."""
     out.mkdir(parents=True, exist_ok=True)
-    for shard_id, start in enumerate(range(0, max(len(samples), 1), PER_SHARD)):
-        chunk = samples[start:start + PER_SHARD]
+    per_shard = max(1, min(MAX_PER_SHARD, math.ceil(len(samples) / MIN_SHARDS)))
+    for shard_id, start in enumerate(range(0, max(len(samples), 1), per_shard)):
+        chunk = samples[start:start + per_shard]
         write_shard(out, shard_id, chunk, {"input_rows": len(chunk), "errors": {}})
-    finalize_shard_set(out, source, {"per_shard": PER_SHARD})
+    finalize_shard_set(out, source, {"per_shard": per_shard})
 
 
 def _write_table(rows: list[tuple[str, str]], path: Path) -> None:

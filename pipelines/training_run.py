@@ -48,6 +48,11 @@ class Parent:
     registered_model: str | None = None  # the parent's registered model, where new versions go by default
 
 
+def _absolute(location: str) -> str:
+    """A local path made absolute; URIs (s3://, gs://, file://) as they are."""
+    return location if "://" in location else str(Path(location).resolve())
+
+
 def build_task(task_name: str, cfg: RunConfig, sources: list[ShardSource], index_dir: str,
                parent: Parent | None, echo: Echo) -> Task:
     """The task with its assets: the parent's (fine-tuning), or prepared from the training shards."""
@@ -82,7 +87,9 @@ def run_training(
         raise ConfigError(f"train.checkpoint_metric {cfg.train.checkpoint_metric!r} is an evaluation metric: "
                           "give evaluation data (--eval)")
     index_dir = work_index_dir(workdir)
-    sources = [ShardSource(s.path, s.weight, s.index_dir or index_dir) for s in sources]
+    # Workers run in Ray's own folders: a relative local path must mean what it meant where the command ran.
+    sources = [ShardSource(_absolute(s.path), s.weight, s.index_dir or index_dir) for s in sources]
+    eval_location = _absolute(eval_location) if eval_location is not None else None
     data_sets = [ShardSet.open(s.path, index_dir) for s in sources]  # clear error on an unfinished shard set
     evaluation = None
     if eval_location is not None:
