@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import os
 
 from mlflow.tracking import MlflowClient
 
@@ -14,7 +15,7 @@ from components.tasks.bert import BertTask
 from components.tracking.registry import download_registered_checkpoint
 from components.training.checkpoint import save_checkpoint_state
 from pipelines.text_tables import shard_tables_in_place
-from tests.conftest import run_tvp
+from tests.conftest import REPO, run_tvp
 
 TINY = {"vocab_size": 2000, "hidden_size": 64, "layers": 2, "heads": 2, "intermediate_size": 256, "max_position": 64}
 
@@ -40,22 +41,25 @@ def test_finetune_bert_classifies_sentences_from_a_table(wiki_articles, tmp_path
     _first_rows(wiki_articles.categories_train, tmp_path / "train.csv", 40)
     _first_rows(wiki_articles.categories_heldout, tmp_path / "heldout.csv", 10)
 
+    # The held-out table sharded by hand (tvp ingest text-table does the same), given as a path relative to
+    # where the command runs: the workers, which run in Ray's folders, must still find it.
+    heldout = shard_tables_in_place([str(tmp_path / "heldout.csv")], tmp_path / "by-hand", 2)[0]
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = run_tvp("finetune", "bert", "--from", str(parent), "--data", str(tmp_path / "train.csv"),
-                     "--eval", str(tmp_path / "heldout.csv"), "--workdir", str(tmp_path / "work"),
+                     "--eval", os.path.relpath(heldout, REPO), "--workdir", str(tmp_path / "work"),
                      "--name", "categories", "--set", "train.epochs=2", "--set", "train.batch_size=16",
                      env={"MLFLOW_TRACKING_URI": uri})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "sharding the labelled table" in result.stdout
-    assert "registered tvp-bert version 1" in result.stdout
+    assert "registered tvp-bert-classifier version 1" in result.stdout
     assert "accuracy:" in result.stdout
 
     client = MlflowClient(uri, registry_uri=uri)
-    version = client.get_model_version("tvp-bert", "1")
+    version = client.get_model_version("tvp-bert-classifier", "1")
     run = client.get_run(version.run_id)
     assert 0.0 <= run.data.metrics["accuracy"] <= 1.0 and run.data.metrics["num_classes"] == len(wiki_articles.classes)
     assert run.data.tags["tvp.parent_model"] == str(parent.resolve())
-    folder = download_registered_checkpoint("models:/tvp-bert/1", tmp_path / "registered", uri)
+    folder = download_registered_checkpoint("models:/tvp-bert-classifier/1", tmp_path / "registered", uri)
     assert (folder / "vocab.txt").read_text() == task.files["vocab.txt"]  # registered with the model
 
     said: list[str] = []
