@@ -33,7 +33,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=4.7, help="training time budget (default: %(default)s)")
+    parser.add_argument("--minutes", type=float, default=4.2, help="training time budget (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs (default: as many as the budget allows)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a bert-tiny preset value, e.g. --set train.lr=0.0005")
