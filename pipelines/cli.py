@@ -706,8 +706,12 @@ def _ingest_text_table(args: argparse.Namespace) -> dict:
     from cluster.ray_cluster import connect
     from pipelines.text_tables import ingest_text_table
 
+    from components.data.ingest.text_table import read_classes, table_spec
+
     if args.rows_per_shard <= 0:
         raise _usage_error("--rows-per-shard must be positive")
+    # A table without its columns, labels or texts fails here, before Ray starts.
+    read_classes(table_spec(args.table, args.text_column, args.label_column, args.format))
     connect(args.address, num_cpus=os.cpu_count() or 1, dashboard=False)
     manifest = ingest_text_table(args.table, args.output, args.text_column, args.label_column, args.format,
                                  args.rows_per_shard)

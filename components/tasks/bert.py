@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from itertools import islice
 from pathlib import Path
@@ -45,7 +45,6 @@ from components.data.loading.wordpiece import (
 from components.evaluation.masked_lm import masked_lm_metrics, masked_lm_outputs
 from components.models.bert import BertConfig, BertForPreTraining, BertForSequenceClassification
 from components.models.bert_hf import export_hf_folder, import_hf_folder
-from components.models.transformer import Block
 from components.tasks.task import EvalFacts, Task
 from components.training.checkpoint import CheckpointError
 
@@ -118,7 +117,6 @@ class BertTask(Task):
     name = "bert"
     config_type = BertTaskConfig
     asset_columns = ("txt",)
-    fsdp_unit_types = (Block,)
     inference_inputs = {"text": "string"}
     inference_example = {"text": ["the capital of france is [MASK]."]}
 
@@ -167,7 +165,7 @@ class BertTask(Task):
                                   "or its samples' .json (label, label_name)")
         if sorted(classes) != list(range(len(classes))):
             raise CheckpointError(f"the training set's label ids are {sorted(classes)}: they must be 0..N-1")
-        config = _replace(self.config, labels=[classes[i] for i in range(len(classes))])
+        config = replace(self.config, labels=[classes[i] for i in range(len(classes))])
         return type(self)(config, self.files)
 
     @property
@@ -378,12 +376,6 @@ def _label_name(meta: Any) -> str:
     if "label_name" in value:
         return str(value["label_name"])
     return str(value["label"])
-
-
-def _replace(config: BertTaskConfig, **changes: Any) -> BertTaskConfig:
-    from dataclasses import replace
-
-    return replace(config, **changes)
 
 
 @lru_cache(maxsize=4)

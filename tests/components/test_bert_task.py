@@ -146,3 +146,14 @@ def test_hugging_face_layout_out_and_back_in(wiki, tmp_path):
     assert parent.task_config["model"] == task.config_dict()["model"]
     with pytest.raises(Exception, match="not an empty folder"):
         export_model(str(checkpoint), tmp_path / "hf", None)
+
+
+def test_a_table_without_its_label_column_fails_in_one_line_before_ray(tmp_path):
+    from tests.conftest import run_tvp
+
+    (tmp_path / "t.csv").write_text("text,cat\nhello,a\n")
+    result = run_tvp("ingest", "text-table", str(tmp_path / "t.csv"), "--output", str(tmp_path / "out"),
+                     env={"RAY_ADDRESS": None})
+    assert result.returncode == 2 and result.stderr.strip() == (
+        f"tvp: error: {tmp_path / 't.csv'} has no column 'label' (it has: text, cat)")
+    assert not (tmp_path / "out").exists()
