@@ -110,6 +110,11 @@ class Task(ABC):
         """Modules FSDP shards one by one (before the root)."""
         return [m for m in model.modules() if isinstance(m, self.fsdp_unit_types)]
 
+    def layer_ids(self, model: nn.Module) -> dict[str, int] | None:
+        """Parameter name → depth (0 for the embeddings, the head on top), for ``TrainConfig.layer_decay``;
+        None when the model has no such layers (the default)."""
+        return None
+
     def adapt_weights(self, weights: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
         """A full state dict for ``model`` from a parent checkpoint's ``weights``.
 
@@ -161,8 +166,14 @@ class Task(ABC):
         """Metrics from the outputs of every batch and worker, concatenated along dim 0 (in any order)."""
 
     def visualize(self, model: nn.Module, samples: list[dict[str, bytes]], facts: EvalFacts) -> Any:
-        """A picture of results on a few held-out samples (a PIL image), logged with each evaluation; or None."""
+        """A picture of results on a few held-out samples (a PIL image, or a dict of them by name), logged with
+        each evaluation; or None."""
         return None
+
+    def eval_pictures(self, outputs: dict[str, np.ndarray], facts: EvalFacts) -> dict[str, Any]:
+        """Pictures of the whole evaluation (a confusion matrix, say) from the outputs ``eval_reduce`` gets,
+        by name; logged with the evaluation's metrics. None by default."""
+        return {}
 
     # -- other libraries' layouts -----------------------------------------------------------------------------
     @classmethod

@@ -14,6 +14,13 @@ class TrainConfig:
     lr: float = 1e-3
     backbone_lr: float | None = None  # rate for the task's backbone parameters; None: same as lr
     weight_decay: float = 0.1  # applied to matrices only, never to biases, norms or scalars
+    # Layer-wise rate decay for fine-tuning: the top layer (the head) takes lr, each layer below it
+    # layer_decay times the rate of the one above (BEiT/DeiT III's 0.65-0.75). None: one rate for all. Needs a
+    # task whose model has layers (Task.layer_ids).
+    layer_decay: float | None = None
+    # Exponential moving average of the weights (DeiT's model EMA, e.g. 0.9998): evaluation, checkpoints and the
+    # registered model use the average, training continues on the live weights. None: off.
+    ema_decay: float | None = None
     schedule: Literal["cosine", "step", "constant"] = "cosine"
     warmup_steps: int = 0  # linear warmup before the schedule
     lr_step_every: int = 1000  # "step" schedule: multiply the rate by lr_step_gamma every this many steps
@@ -52,6 +59,10 @@ class TrainConfig:
     __pydantic_config__ = {"extra": "forbid"}
 
     def __post_init__(self) -> None:
+        if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
+            raise ValueError(f"layer_decay must be in (0, 1], not {self.layer_decay}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be between 0 and 1, not {self.ema_decay}")
         per_step = self.num_workers * self.grad_accum_steps
         if self.batch_size % per_step:
             raise ValueError(

@@ -20,6 +20,7 @@ fine-tuning run starts from), ``tracking`` ({``tracking_uri``, ``run_id``}).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import tempfile
@@ -41,13 +42,14 @@ from components.training.checkpoint import load_weights, read_checkpoint_config,
 from components.training.checkpoint_migration import migrate_optimizer_state
 from components.training.checkpoint_policy import CheckpointPolicy
 from components.training.loop_context import LoopContext
-from components.training.optimizers import build_adamw
+from components.training.optimizers import build_adamw, layer_rate_scales
 from components.training.parallel import full_state_dict, load_full_state_dict, unwrap, wrap_model
 from components.training.schedules import build_scheduler
 from components.training.throughput import EpochMeter
 from components.training.train_config import TrainConfig
 from components.training.train_state import capture_train_state, load_train_state, restore_train_state, save_train_state, step_seed
 from components.training.train_step import OptimizerStep
+from components.training.weight_average import WeightEMA
 
 log = logging.getLogger("tvp.train")
 PICTURE_SAMPLES = 16  # held-out samples in the picture logged with each evaluation
@@ -98,11 +100,25 @@ class TrainingLoop:
         self.model = wrap_model(model, cfg.parallelism, self.ctx.device, task.fsdp_units(model),
                                 task.fsdp_forward_methods)
         total_steps = sum(self.plans.steps(e, self.ctx.world, self.per_rank_step) for e in range(1, cfg.epochs + 1))
-        optimizer = build_adamw(self.model, cfg.lr, cfg.weight_decay, cfg.backbone_lr, task.backbone_prefixes)
+        optimizer = build_adamw(self.model, cfg.lr, cfg.weight_decay, cfg.backbone_lr, task.backbone_prefixes,
+                                self._rate_scales(model))
         scheduler = build_scheduler(optimizer, max(1, total_steps), cfg.warmup_steps, cfg.schedule,
                                     cfg.lr_step_every, cfg.lr_step_gamma)
         self.step_fn = OptimizerStep(self.model, task.loss, optimizer, scheduler, cfg.precision, cfg.grad_clip_norm,
                                      self.ctx.device)
+        self.ema = WeightEMA(self.model, cfg.ema_decay) if cfg.ema_decay else None
+
+    def _rate_scales(self, model: torch.nn.Module) -> dict[str, float] | None:
+        if self.cfg.layer_decay is None:
+            return None
+        layers = self.task.layer_ids(model)
+        if not layers:
+            raise ValueError(f"train.layer_decay needs a model with layers; task {self.task.name} has none")
+        return layer_rate_scales(layers, self.cfg.layer_decay)
+
+    def _evaluated_weights(self):
+        """The weights evaluation and checkpoints use: the moving average when there is one."""
+        return self.ema.applied() if self.ema else contextlib.nullcontext()
 
     def attach_tracking(self) -> None:
         """Rank 0 logs to the MLflow run named in the spec (MLflow is imported only where it is used)."""
@@ -124,6 +140,11 @@ class TrainingLoop:
             load_weights(path, holder)
             load_full_state_dict(self.model, holder.state_dict())
             state = load_train_state(path)
+            if state is not None and self.ema:
+                # The checkpoint's weights are the average; the live ones travel in the training state.
+                self.ema.reset(int(state.get("ema_updates", 0)))
+                if "live_weights" in state:
+                    load_full_state_dict(self.model, state["live_weights"])
             if state is not None:
                 written = read_checkpoint_config(path)  # an older format's parameter names are migrated
                 state["optimizer"] = migrate_optimizer_state(state["optimizer"], written["task"],
@@ -196,6 +217,8 @@ class TrainingLoop:
             torch.manual_seed(step_seed(cfg.seed, ctx.rank, step))
             tokens = sum(self.task.count_tokens(batch) for batch in micro_batches)
             metrics = self.step_fn(micro_batches)
+            if self.ema:
+                self.ema.update()
             step, done = step + 1, done + 1
             if self.sample_log:  # after the step: the log lists what was trained on
                 self.sample_log.write(f"{epoch} {step} {' '.join(map(str, ids))}\n")
@@ -244,26 +267,41 @@ class TrainingLoop:
     # -- evaluation -------------------------------------------------------------------------------------------
     def evaluate(self, step: int) -> dict[str, float]:
         """The task's evaluation over this rank's share of the held-out shards, reduced over all ranks."""
-        cfg, ctx, task = self.cfg, self.ctx, self.task
-        model = self.model
+        ctx, model = self.ctx, self.model
         model.eval()
         try:
-            context = task.eval_begin(model, self.facts)
-            shards = self.eval_refs[ctx.rank::ctx.world]
-            batches = rank_batches(shards, task.eval_columns, lambda b, rngs: task.eval_transform(b),
-                                   cfg.eval_batch_size, shuffle_window=0, seed=0, drop_last=False,
-                                   loader_workers=0, open_samples=self.open_samples)
-            outputs = step_outputs(task, model, ({k: v for k, v in b.items() if k != SAMPLE_ID} for b in batches),
-                                   context, ctx.device)
-            metrics = task.eval_reduce(gather_outputs(outputs), self.facts)
-            picture = task.visualize(model, self._pictured(), self.facts) if self.spec.get("tracking") else None
+            with self._evaluated_weights():
+                metrics, pictures = self._evaluate(model)
         finally:
             model.train()
         if ctx.rank == 0 and self.tracker:
             self.tracker.log_metrics(metrics, step)
-            if picture is not None:
-                self.tracker.log_image(picture, f"evaluation/step_{step:07d}.jpg")
+            for name, picture in pictures.items():
+                self.tracker.log_image(picture, f"evaluation/{name}step_{step:07d}.{'png' if name else 'jpg'}")
         return metrics
+
+    def _evaluate(self, model: torch.nn.Module) -> tuple[dict[str, float], dict[str, Any]]:
+        """Metrics, and pictures by name prefix ("" for the task's picture of samples)."""
+        cfg, ctx, task = self.cfg, self.ctx, self.task
+        context = task.eval_begin(model, self.facts)
+        shards = self.eval_refs[ctx.rank::ctx.world]
+        batches = rank_batches(shards, task.eval_columns, lambda b, rngs: task.eval_transform(b),
+                               cfg.eval_batch_size, shuffle_window=0, seed=0, drop_last=False,
+                               loader_workers=0, open_samples=self.open_samples)
+        outputs = gather_outputs(step_outputs(task, model, ({k: v for k, v in b.items() if k != SAMPLE_ID}
+                                                            for b in batches), context, ctx.device))
+        metrics = task.eval_reduce(outputs, self.facts)
+        if not self.spec.get("tracking"):
+            return metrics, {}
+        pictures: dict[str, Any] = {}
+        picture = task.visualize(model, self._pictured(), self.facts)
+        if isinstance(picture, dict):
+            pictures.update({f"{name}/": image for name, image in picture.items()})
+        elif picture is not None:
+            pictures[""] = picture
+        if ctx.rank == 0:
+            pictures.update({f"{name}/": image for name, image in task.eval_pictures(outputs, self.facts).items()})
+        return metrics, pictures
 
     def _pictured(self) -> list[dict[str, bytes]]:
         """The first held-out samples, the same at every evaluation (read once)."""
@@ -282,8 +320,14 @@ class TrainingLoop:
     # -- checkpoints ------------------------------------------------------------------------------------------
     def save(self, metrics: dict[str, Any], evaluated: dict[str, float] | None = None) -> None:
         """Report ``metrics`` (and an evaluation's) with a checkpoint of the current position (a collective)."""
-        weights = full_state_dict(self.model)  # collectives under FSDP: every rank takes part
+        with self._evaluated_weights():
+            weights = full_state_dict(self.model)  # collectives under FSDP: every rank takes part
+            if self.ema:  # on CPU the state dict shares the model's storage, which gets the live weights back
+                weights = {k: v.clone() for k, v in weights.items()}
         state = capture_train_state(self.model, self.step_fn, self.position)
+        if self.ema:
+            state["live_weights"] = full_state_dict(self.model)
+            state["ema_updates"] = self.ema.updates
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint_dir = None
             if self.ctx.rank == 0:
