@@ -148,6 +148,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_address(image_text)
     _add_text_table_parser(sources)
     _add_wikipedia_parser(sources)
+    _add_imagefolder_parser(sources)
 
     export = commands.add_parser(
         "export",
@@ -425,6 +426,56 @@ def _add_wikipedia_parser(sources: argparse._SubParsersAction) -> None:
     _add_address(wikipedia)
 
 
+def _add_imagefolder_parser(sources: argparse._SubParsersAction) -> None:
+    from typing import get_args
+
+    from components.data.ingest import ingest_defaults as defaults  # imports nothing: the parser stays fast
+
+    imagefolder = sources.add_parser(
+        "imagefolder",
+        help="a class-per-folder image tree (ImageFolder layout) → classification shards, with a held-out set",
+        description=("Read ROOT/CLASS/.../IMAGE files (torchvision's ImageFolder layout; a local folder or an s3:// "
+                     "or gs:// URI): every file under a class folder, at any depth, belongs to that class; classes "
+                     "are numbered in sorted order of their folder names (which may hold spaces); hidden files "
+                     "and folders are ignored, files directly in ROOT are reported and not ingested. Write "
+                     "OUTPUT/train (and OUTPUT/heldout with --heldout-fraction or --heldout-root): samples of "
+                     ".jpg (resized as tvp ingest image-text does), .cls (the class index) and .json (path, label, "
+                     "class, original width and height), keyed by the zero-padded file position; the class map "
+                     "in each manifest.json as classes. Corrupt and non-image files are counted by reason and "
+                     "skipped. Rerunning with the same arguments completes missing shards only. --sample "
+                     "ingests the embedded digits (scikit-learn's 1,797 handwritten digits as 64-px PNGs in ten "
+                     "class folders, written to OUTPUT/images), a fifth of each class held out."),
+        epilog="example: tvp ingest imagefolder --sample --output digits --image-size 32 --images-per-shard 200",
+    )
+    imagefolder.add_argument("root", nargs="?", metavar="ROOT",
+                             help="the folder whose sub-folders are the classes (omit with --sample)")
+    imagefolder.add_argument("--sample", action="store_true",
+                             help="ingest the embedded digits tree instead of a ROOT")
+    imagefolder.add_argument("--output", required=True, help="folder (or s3:// URI) for OUTPUT/train and OUTPUT/heldout")
+    split = imagefolder.add_argument_group("held-out set (at most one of these)")
+    split.add_argument("--heldout-fraction", type=float, default=None, metavar="F",
+                       help="hold out this share of each class's files, chosen by a hash of --seed and the file's "
+                            "path (default: none; 0.2 with --sample)")
+    split.add_argument("--heldout-root", default=None, metavar="ROOT2",
+                       help="a separate tree for the held-out set; its classes must be among ROOT's and take "
+                            "ROOT's indices")
+    split.add_argument("--seed", type=int, default=0, help="which files --heldout-fraction holds out (default: 0)")
+    images = imagefolder.add_argument_group("images")
+    images.add_argument("--image-size", type=int, default=defaults.IMAGE_SIZE,
+                        help="output side in pixels (default: %(default)s, as tvp ingest image-text)")
+    images.add_argument("--resize-mode", default=defaults.RESIZE_MODE, choices=get_args(defaults.ResizeMode),
+                        help="border: fit and pad; keep_ratio: shorter side to size; keep_ratio_largest: longer side "
+                             "to size; center_crop: fill and crop; no: keep (default: %(default)s)")
+    images.add_argument("--jpeg-quality", type=int, default=defaults.JPEG_QUALITY,
+                        help="JPEG quality of stored images (default: %(default)s)")
+    work = imagefolder.add_argument_group("work")
+    work.add_argument("--images-per-shard", type=int, default=1000,
+                      help="files per shard (default: %(default)s)")
+    work.add_argument("--processes", type=int, default=None,
+                      help="shards processed at once (default: the Ray cluster's CPUs)")
+    _add_address(imagefolder)
+
+
 def _add_jobs_address(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", default=None, help="the cluster's Jobs API, http://HEAD:8265 (default: $RAY_ADDRESS)")
 
@@ -639,6 +690,8 @@ def _ingest(args: argparse.Namespace) -> dict:
         return _ingest_text_table(args)
     if args.source == "wikipedia":
         return _ingest_wikipedia(args)
+    if args.source == "imagefolder":
+        return _ingest_imagefolder(args)
     from pydantic import ValidationError
 
     from components.data.ingest.address_guard import AddressGuard
@@ -736,6 +789,45 @@ def _ingest_wikipedia(args: argparse.Namespace) -> dict:
     manifest = ingest_wikipedia(reader, args.output, args.pages_per_shard, args.processes)
     return {"output": args.output, "content_hash": manifest["content_hash"],
             "num_samples": manifest["num_samples"], "num_shards": manifest["num_shards"]}
+
+def _ingest_imagefolder(args: argparse.Namespace) -> dict:
+    from components.data.ingest.image_folder_shard import ImageFolderConfig
+    from components.data.ingest.image_processing import ImageConfig
+    from pipelines.ingest_imagefolder import SAMPLE_FOLDER, ingest_image_folder, open_image_folders, set_location
+
+    if args.sample == (args.root is not None):
+        raise _usage_error("give either a ROOT or --sample (the embedded digits)")
+    if args.heldout_fraction is not None and args.heldout_root:
+        raise _usage_error("give --heldout-fraction or --heldout-root, not both")
+    fraction = args.heldout_fraction
+    if fraction is None:
+        fraction = 0.2 if args.sample and not args.heldout_root else 0.0
+    if args.heldout_fraction is not None and not 0 < fraction < 1:
+        raise _usage_error("--heldout-fraction must lie between 0 and 1")
+    for flag in ("image_size", "images_per_shard", "processes"):
+        if getattr(args, flag) is not None and getattr(args, flag) <= 0:
+            raise _usage_error(f"--{flag.replace('_', '-')} must be positive")
+    if not 1 <= args.jpeg_quality <= 100:
+        raise _usage_error("--jpeg-quality must lie between 1 and 100")
+    root = args.root
+    if args.sample:
+        from components.data.ingest.digits_image_folder import write_digits_folder
+
+        root = write_digits_folder(set_location(args.output, SAMPLE_FOLDER))
+    inputs = open_image_folders(root, args.heldout_root, fraction, args.seed)  # a bad tree fails before Ray starts
+    cfg = ImageFolderConfig(ImageConfig(image_size=args.image_size, resize_mode=args.resize_mode,
+                                        jpeg_quality=args.jpeg_quality))
+
+    from cluster.ray_cluster import connect
+
+    connect(args.address, num_cpus=os.cpu_count() or 1, dashboard=False)
+    manifests = ingest_image_folder(inputs, args.output, cfg, args.images_per_shard, args.processes)
+    train = manifests["train"]
+    return {"output": args.output, "train": set_location(args.output, "train"),
+            "heldout": set_location(args.output, "heldout") if "heldout" in manifests else None,
+            "content_hash": train["content_hash"], "num_samples": train["num_samples"],
+            "num_shards": train["num_shards"]}
+
 
 def _run(args: argparse.Namespace) -> dict:
     import time

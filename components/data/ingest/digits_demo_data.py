@@ -53,6 +53,12 @@ def _write_table_atomic(rows: dict[str, list], path: Path) -> None:
     os.replace(tmp, path)
 
 
+def digit_image(pixels: np.ndarray, source_size: int) -> Image.Image:
+    """One of scikit-learn's 8×8 digits (values 0-16) as a grey ``source_size``-pixel square picture."""
+    grey = (pixels * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+    return Image.fromarray(grey, mode="L").resize((source_size, source_size), Image.Resampling.BICUBIC)
+
+
 def build_digits_tables(out_dir: str | Path, source_size: int = 64, heldout_fraction: float = 0.2, seed: int = 0) -> DigitsTables:
     """Write images and ``train.parquet``/``heldout.parquet`` tables (columns url, caption, label) into ``out_dir``.
 
@@ -71,10 +77,8 @@ def build_digits_tables(out_dir: str | Path, source_size: int = 64, heldout_frac
         rows: dict[str, list] = {"url": [], "caption": [], "label": [], "label_name": []}
         for index in indices:
             label = int(digits.target[index])
-            pixels = (digits.images[index] * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
-            image = Image.fromarray(pixels, mode="L").resize((source_size, source_size), Image.Resampling.BICUBIC)
             name = f"images/{index:04d}.png"
-            image.save(out / name)
+            digit_image(digits.images[index], source_size).save(out / name)
             template = CAPTION_TEMPLATES[rng.integers(len(CAPTION_TEMPLATES))]
             rows["url"].append(name)
             rows["caption"].append(template.format(CLASS_NAMES[label]))
