@@ -459,7 +459,7 @@ def _add_imagefolder_parser(sources: argparse._SubParsersAction) -> None:
     split.add_argument("--heldout-root", default=None, metavar="ROOT2",
                        help="a separate tree for the held-out set; its classes must be among ROOT's and take "
                             "ROOT's indices")
-    split.add_argument("--seed", type=int, default=0, help="which files --heldout-fraction holds out (default: 0)")
+    split.add_argument("--seed", type=int, default=0, help="which files --heldout-fraction holds out, and the order of files in the shards (default: 0)")
     images = imagefolder.add_argument_group("images")
     images.add_argument("--image-size", type=int, default=defaults.IMAGE_SIZE,
                         help="output side in pixels (default: %(default)s, as tvp ingest image-text)")

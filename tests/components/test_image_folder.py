@@ -89,10 +89,16 @@ def test_a_shard_holds_jpg_cls_and_json_samples_and_counts_what_it_skips(tree, t
     assert stats["errors"] == {"decode": 1, "not_image": 1}
 
     samples = list(wds.WebDataset(str(tmp_path / "out" / "00000.tar"), shardshuffle=False).decode("pil"))
-    assert [s["__key__"] for s in samples] == ["000001000", "000001001", "000001003", "000001005"]
-    assert [s["cls"] for s in samples] == [0, 0, 1, 1]  # webdataset reads .cls as the int it holds
-    assert samples[2]["json"] == {"path": "dog/big.PNG", "label": 1, "class": "dog", "width": 30, "height": 40}
-    assert samples[1]["json"]["class"] == "black cat" and samples[1]["json"]["width"] == 20
+    rows = [f[0] for f in split_readers(list_image_folder(str(tree)))[0].files]  # the set's row order
+    by_path = {s["json"]["path"]: s for s in samples}
+    assert sorted(by_path) == ["black cat/a.jpg", "black cat/b.png", "dog/big.PNG", "dog/puppies/tiny.png"]
+    assert all(s["__key__"] == f"{1000 + rows.index(path):09d}" for path, s in by_path.items())  # row position
+    # webdataset reads .cls as the int it holds
+    assert {path: s["cls"] for path, s in by_path.items()} == {"black cat/a.jpg": 0, "black cat/b.png": 0,
+                                                               "dog/big.PNG": 1, "dog/puppies/tiny.png": 1}
+    assert by_path["dog/big.PNG"]["json"] == {"path": "dog/big.PNG", "label": 1, "class": "dog", "width": 30,
+                                              "height": 40}
+    assert by_path["black cat/b.png"]["json"]["class"] == "black cat"
     assert all(s["jpg"].size == (16, 16) for s in samples)  # resized as image-text ingestion does (border)
 
     status = pq.read_table(tmp_path / "out" / "00000.parquet").to_pylist()
@@ -116,6 +122,9 @@ def test_the_held_out_split_is_seeded_stratified_and_the_same_every_time(tmp_pat
     assert not {f[0] for f in train.files} & {f[0] for f in heldout.files}
     assert train.describe()["listing_sha256"] != heldout.describe()["listing_sha256"]
     assert train.describe()["split"] == "train" and heldout.describe()["fraction"] == 0.2
+    # Rows interleave the classes (a shard in path order would hold one class), in an order fixed by the seed.
+    assert {label for _, label, _ in train.files[:10]} == {0, 1}
+    assert train.files == split_readers(list_image_folder(str(tmp_path / "root")), fraction=0.2, seed=1)[0].files
 
 
 def test_a_held_out_tree_takes_the_training_classes_and_may_not_add_any(tree, tmp_path):

@@ -11,8 +11,10 @@ folder or an object-storage URI (``s3://bucket/prefix``, ``gs://…``), listed t
   meant.
 - Every other file is an input row, images or not: the shard builder counts what it cannot use
   (``image_folder_shard.py``), so a stray ``README.txt`` is reported rather than silently dropped.
-- Files are listed in sorted order of their path relative to ROOT (``/``-separated), so row positions, and
-  the sample keys made from them, depend on the tree alone.
+- Files are listed in sorted order of their path relative to ROOT (``/``-separated); each set's rows then
+  follow a hash of (seed, path) (``mixed_order``), so that every shard mixes the classes: in path order a
+  shard would hold one class or two, and a reader's shuffle window of a few shards would feed training whole
+  batches of one class. Row positions, and the sample keys made from them, depend on the tree and seed alone.
 
 Held-out split (``heldout_flags``): by class, files are ordered by a hash of (seed, relative path) and the
 first ``fraction × files of the class`` (rounded half up) are held out. The split is thus stratified,
@@ -132,6 +134,11 @@ def _split_rank(seed: int, path: str) -> bytes:
     return hashlib.sha256(f"{seed}\0{path}".encode()).digest()
 
 
+def mixed_order(files: Sequence[tuple[str, int, int]], seed: int) -> tuple[tuple[str, int, int], ...]:
+    """``files`` in the order of a hash of (seed, path): classes interleaved, the same order on every run."""
+    return tuple(sorted(files, key=lambda f: hashlib.sha256(f"order\0{seed}\0{f[0]}".encode()).digest()))
+
+
 def heldout_flags(tree: ImageFolderTree, fraction: float, seed: int) -> list[bool]:
     """For each of ``tree.files``, whether it is held out: per class of n files, the ``fraction × n``
     (rounded half up) of smallest hash of (seed, path)."""
@@ -151,7 +158,7 @@ def heldout_flags(tree: ImageFolderTree, fraction: float, seed: int) -> list[boo
 @dataclass(frozen=True)
 class ImageFolderReader:
     """The shard stage's ``InputReader`` for one split of a tree: rows ``path`` (relative to the root),
-    ``label`` (class index) and ``size`` (bytes), in path order.
+    ``label`` (class index) and ``size`` (bytes), in the order of ``files`` (``mixed_order``).
 
     ``split`` says which files these are (e.g. ``{"split": "heldout", "fraction": 0.2, "seed": 0}``); it is
     part of ``describe()``, so the training and held-out sets of one tree have different fingerprints.
@@ -182,13 +189,13 @@ def split_readers(tree: ImageFolderTree, heldout: ImageFolderTree | None = None,
     """Readers of the training set and the held-out set (None when none is asked for): ``heldout`` is a
     separate tree listed with ``tree``'s classes, else ``fraction`` of ``tree`` is held out by ``seed``."""
     if heldout is not None:
-        return (ImageFolderReader(tree, tree.files, {"split": "train"}),
-                ImageFolderReader(heldout, heldout.files, {"split": "heldout"}))
+        return (ImageFolderReader(tree, mixed_order(tree.files, seed), {"split": "train", "seed": seed}),
+                ImageFolderReader(heldout, mixed_order(heldout.files, seed), {"split": "heldout", "seed": seed}))
     if not fraction:
-        return ImageFolderReader(tree, tree.files, {"split": "train"}), None
+        return ImageFolderReader(tree, mixed_order(tree.files, seed), {"split": "train", "seed": seed}), None
     flags = heldout_flags(tree, fraction, seed)
-    train = tuple(f for f, out in zip(tree.files, flags) if not out)
-    held = tuple(f for f, out in zip(tree.files, flags) if out)
+    train = mixed_order([f for f, out in zip(tree.files, flags) if not out], seed)
+    held = mixed_order([f for f, out in zip(tree.files, flags) if out], seed)
     if not train or not held:
         raise ImageFolderError(f"a held-out fraction of {fraction} of {tree.location}'s {len(tree.files)} files "
                                f"leaves the {'training' if not train else 'held-out'} set empty")
