@@ -3,13 +3,14 @@
 Imports only torch-level code (``components.models``, ``components.losses``),
 so it runs wherever PyTorch runs. Each model is measured side by side with a
 reference of the same shape built from torch's own ``nn.TransformerEncoder``
-layers. Models: CLIP ViT-B/16 (contrastive loss) and BERT-base (masked-LM
+layers. Models: CLIP ViT-B/16 (contrastive loss), BERT-base (masked-LM
 loss at 20 masked positions of 128, as in BERT's phase-1 pretraining, plus
-next-sentence loss). Without a GPU it says so and exits cleanly; ``--device
-cpu --size tiny`` smoke-tests the script itself. One RESULT line per model,
-in the order measured.
+next-sentence loss), and the ViT-B/16 and ViT-L/16 image classifiers (224
+pixels, 1000 classes, cross-entropy). Without a GPU it says so and exits
+cleanly; ``--device cpu --size tiny`` smoke-tests the script itself. One
+RESULT line per model, in the order measured.
 
-Run: ``python benchmarks/gpu_mfu.py [--model clip|bert|all] [--batch 128] [--steps 30]``.
+Run: ``python benchmarks/gpu_mfu.py [--model clip|bert|vit-b16|vit-l16|all] [--batch 128] [--steps 30]``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from components.losses.contrastive import clip_loss  # noqa: E402
 from components.models.bert import BertConfig, BertForPreTraining, bert_config  # noqa: E402
 from components.models.clip import CLIP, CLIPConfig, TextConfig  # noqa: E402
-from components.models.vit import ViTConfig  # noqa: E402
+from components.models.vit import ViTConfig, VisionTransformer, vit_config  # noqa: E402
 
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets.
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}
@@ -49,12 +50,12 @@ BERT_SIZES = {
 class ReferenceTower(nn.Module):
     """A pre-norm tower from torch's own TransformerEncoder: the same shapes as tvp's blocks."""
 
-    def __init__(self, width: int, layers: int, heads: int):
+    def __init__(self, width: int, layers: int, heads: int, eps: float = 1e-5):
         super().__init__()
         layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0, activation="gelu",
-                                           batch_first=True, norm_first=True)
+                                           layer_norm_eps=eps, batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(width)
+        self.norm = nn.LayerNorm(width, eps=eps)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.norm(self.encoder(x, mask=mask, is_causal=mask is not None))
@@ -164,7 +165,54 @@ def bert_workload(size: str, batch: int, device: torch.device):
     return (lambda: BertForPreTraining(cfg)), (lambda: ReferenceBert(cfg)), loss, bert_train_flops(cfg, length, masked)
 
 
-WORKLOADS = {"clip": clip_workload, "bert": bert_workload}
+# ViT image classifiers: the paper's sizes at 224 pixels and 1000 classes.
+VIT_SIZES = {
+    "vit-b16": {"base": vit_config("B/16", num_classes=1000), "tiny": vit_config("tiny", num_classes=10)},
+    "vit-l16": {"base": vit_config("L/16", num_classes=1000), "tiny": vit_config("tiny", num_classes=10)},
+}
+
+
+class ReferenceViT(nn.Module):
+    """A ViT classifier from torch's own pre-norm TransformerEncoder: the same shapes as tvp's."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.patch = nn.Conv2d(3, cfg.width, cfg.patch_size, cfg.patch_size)
+        self.cls = nn.Parameter(torch.zeros(1, 1, cfg.width))
+        self.pos = nn.Parameter(torch.zeros(1, cfg.grid**2 + 1, cfg.width))
+        self.tower = ReferenceTower(cfg.width, cfg.layers, cfg.heads, cfg.eps)
+        self.head = nn.Linear(cfg.width, cfg.num_classes)
+
+    def forward(self, images):
+        x = self.patch(images).flatten(2).transpose(1, 2)
+        return self.head(self.tower(torch.cat([self.cls.expand(len(x), -1, -1), x], 1) + self.pos)[:, 0])
+
+
+def vit_train_flops(cfg: ViTConfig) -> float:
+    """Per image: patch projection, the tower over 1 + N tokens, the head; backward twice the forward."""
+    patches = cfg.grid**2
+    forward = (2 * patches * 3 * cfg.patch_size**2 * cfg.width + tower_flops(patches + 1, cfg.width, cfg.layers)
+               + 2 * cfg.width * cfg.num_classes)
+    return 3 * forward
+
+
+def vit_workload(family: str):
+    def workload(size: str, batch: int, device: torch.device):
+        """Random images and labels; cross-entropy of the logits."""
+        cfg = VIT_SIZES[family][size]
+        images = torch.randn(batch, 3, cfg.image_size, cfg.image_size, device=device)
+        labels = torch.randint(0, cfg.num_classes, (batch,), device=device)
+
+        def loss(model):
+            return F.cross_entropy(model(images).float(), labels)
+
+        return (lambda: VisionTransformer(cfg)), (lambda: ReferenceViT(cfg)), loss, vit_train_flops(cfg)
+
+    return workload
+
+
+WORKLOADS = {"clip": clip_workload, "bert": bert_workload, "vit-b16": vit_workload("vit-b16"),
+             "vit-l16": vit_workload("vit-l16")}
 
 
 def measure(model: nn.Module, loss_of, batch: int, steps: int, warmup: int, device: torch.device) -> float:
@@ -216,7 +264,7 @@ def main() -> None:
             print(f"  {label:9s} {rates[label]:9.1f} samples/s  {achieved / 1e12:8.2f} TFLOP/s  MFU {mfu}")
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-        print(f"RESULT metric={family}_{args.size}_bf16_train_samples_per_s tvp={rates['tvp']:.1f} "
+        print(f"RESULT metric={family.replace('-', '_')}_{args.size}_bf16_train_samples_per_s tvp={rates['tvp']:.1f} "
               f"reference={rates['reference']:.1f} ratio={rates['tvp'] / rates['reference']:.3f} better=higher")
 
 

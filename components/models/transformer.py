@@ -18,6 +18,9 @@ Contracts shared by every module here:
   torchvision: 1e-6 with GELU);
 - positions given as ``pos``/``query_pos``/``key_pos`` are added to the
   inputs of the query and key projections only, never to the values (DETR);
+- stochastic depth (``drop_path``, per block; ``drop_path_rate`` spread over an encoder's layers as DeiT
+  and timm do) drops a whole sample's residual branch in training and scales the kept ones by 1/(1-p);
+  at 0 (the default) it is absent and changes nothing;
 - ``need_weights=True`` computes attention explicitly and returns its
   probabilities (B, H, Lq, Lk) (attention rollout); otherwise attention runs
   through the fused ``scaled_dot_product_attention``, which returns none.
@@ -157,17 +160,49 @@ class MLP(nn.Module):
         return f"activation={self.activation_name}"
 
 
+# -- stochastic depth ----------------------------------------------------------------------------------------
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al., 2016): in training, a sample's residual branch is zeroed with probability
+    ``p`` and kept ones are scaled by 1/(1-p), so its expectation is unchanged; in eval mode, the identity."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"drop path probability {p} is not in [0, 1)")
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)  # (B, 1, ..., 1): whole samples
+        return x * mask.div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def drop_path_rates(rate: float, layers: int) -> list[float]:
+    """Per-layer drop-path probabilities rising linearly from 0 at the first layer to ``rate`` at the last."""
+    if layers == 1:
+        return [0.0]
+    return [rate * i / (layers - 1) for i in range(layers)]
+
+
 # -- encoder -------------------------------------------------------------------------------------------------
 class Block(nn.Module):
     """Encoder block: self-attention and MLP, each a residual branch, pre- or post-norm.
 
     pre-norm:  x = x + drop(attn(ln_1(x))); x = x + mlp(ln_2(x))
     post-norm: x = ln_1(x + drop(attn(x))); x = ln_2(x + mlp(x))
-    ``dropout`` is the residual dropout (the MLP's own ends its branch); ``attn_dropout`` the attention's.
+    ``dropout`` is the residual dropout (the MLP's own ends its branch); ``attn_dropout`` the attention's;
+    ``drop_path`` the stochastic-depth probability of each branch (``drop_path`` wraps ``drop`` and ``mlp``:
+    with it, x = x + drop_path(drop(attn(ln_1(x)))) and x = x + drop_path(mlp(ln_2(x)))).
     """
 
     def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0, *,
-                 attn_dropout: float = 0.0, norm_first: bool = True, eps: float = 1e-5, activation: str = "gelu"):
+                 attn_dropout: float = 0.0, norm_first: bool = True, eps: float = 1e-5, activation: str = "gelu",
+                 drop_path: float = 0.0):
         super().__init__()
         self.norm_first = norm_first
         self.ln_1 = nn.LayerNorm(width, eps=eps)
@@ -175,6 +210,7 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(width, eps=eps)
         self.mlp = MLP(width, mlp_ratio, dropout, activation)
         self.drop = nn.Dropout(dropout)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()  # no parameters either way
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, *, pos: torch.Tensor | None = None,
                 need_weights: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -183,24 +219,28 @@ class Block(nn.Module):
         out = self.attn(h, attn_mask, query_pos=pos, key_pos=pos, need_weights=need_weights)
         attended, weights = out if need_weights else (out, None)
         if self.norm_first:
-            x = x + self.drop(attended)
-            x = x + self.mlp(self.ln_2(x))
+            x = x + self.drop_path(self.drop(attended))
+            x = x + self.drop_path(self.mlp(self.ln_2(x)))
         else:
-            x = self.ln_1(x + self.drop(attended))
-            x = self.ln_2(x + self.mlp(x))
+            x = self.ln_1(x + self.drop_path(self.drop(attended)))
+            x = self.ln_2(x + self.drop_path(self.mlp(x)))
         return (x, weights) if need_weights else x
 
 
 class Encoder(nn.Module):
-    """A stack of ``layers`` blocks sharing one mask and one position table (no final norm: the model adds it)."""
+    """A stack of ``layers`` blocks sharing one mask and one position table (no final norm: the model adds it).
+
+    ``drop_path_rate`` is the stochastic depth of the last block; block i gets rate·i/(layers-1) (DeiT, timm).
+    """
 
     def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0, *,
-                 attn_dropout: float = 0.0, norm_first: bool = True, eps: float = 1e-5, activation: str = "gelu"):
+                 attn_dropout: float = 0.0, norm_first: bool = True, eps: float = 1e-5, activation: str = "gelu",
+                 drop_path_rate: float = 0.0):
         super().__init__()
         self.layers = nn.ModuleList(
             Block(width, heads, mlp_ratio, dropout, attn_dropout=attn_dropout, norm_first=norm_first, eps=eps,
-                  activation=activation)
-            for _ in range(layers)
+                  activation=activation, drop_path=p)
+            for p in drop_path_rates(drop_path_rate, layers)
         )
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, *, pos: torch.Tensor | None = None,
