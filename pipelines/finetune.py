@@ -62,7 +62,7 @@ def resolve_parent(model_uri: str, task_name: str, tracking_uri: str, download_d
         if foreign is not None:  # another library's layout (a released Hugging Face model, say)
             task_config, files, weights = foreign
             return Parent(uri=model_uri, task=task_name, task_config=task_config, files=files,
-                          weights=safetensors_bytes(weights), tags={**tags, PARENT_FORMAT_TAG: "huggingface"})
+                          weights=safetensors_bytes(weights), tags={**tags, PARENT_FORMAT_TAG: task_class(task_name).pretrained_layout})
     config = read_checkpoint_config(folder)
     if config["task"] != task_name:
         raise CheckpointError(f"--from {model_uri} is a {config['task']} checkpoint, not {task_name}")

@@ -119,6 +119,7 @@ class BertTask(Task):
     asset_columns = ("txt",)
     inference_inputs = {"text": "string"}
     inference_example = {"text": ["the capital of france is [MASK]."]}
+    pretrained_layout = "huggingface"
 
     def __init__(self, config: BertTaskConfig, files: dict[str, str] | None = None):
         super().__init__(config, files)

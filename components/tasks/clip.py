@@ -10,7 +10,6 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import nn
 
@@ -19,6 +18,7 @@ from components.data.loading.tokenizer import encode_captions, train_caption_tok
 from components.evaluation.zero_shot import zero_shot_classifier
 from components.losses.contrastive import clip_loss
 from components.models.clip import CLIP, CLIPConfig
+from components.models.vit import resample_positions
 from components.tasks.task import EvalFacts, Task
 from components.training.checkpoint import CheckpointError
 
@@ -90,9 +90,10 @@ class ClipTask(Task):
         """Position tables are resized (a new image size or context length); the rest must match."""
         target = model.state_dict()
         weights = dict(weights)
-        for key in ("visual.pos_embed", "text.pos_embed"):
-            if key in weights and key in target and weights[key].shape != target[key].shape:
-                weights[key] = _resize_positions(weights[key], target[key].shape, has_class_token=key == "visual.pos_embed")
+        if "visual.pos_embed" in weights and weights["visual.pos_embed"].shape != target["visual.pos_embed"].shape:
+            weights["visual.pos_embed"] = resample_positions(weights["visual.pos_embed"], self.config.model.vision.grid)
+        if "text.pos_embed" in weights and weights["text.pos_embed"].shape != target["text.pos_embed"].shape:
+            weights["text.pos_embed"] = _fit_sequence(weights["text.pos_embed"], target["text.pos_embed"].shape[1])
         return super().adapt_weights(weights, model)
 
     # -- training ---------------------------------------------------------------------------------------------
@@ -183,17 +184,8 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
-def _resize_positions(table: torch.Tensor, shape: torch.Size, has_class_token: bool) -> torch.Tensor:
-    """A (1, N, D) position table fitted to ``shape``: a square grid interpolated, a sequence cut or extended."""
-    start = 1 if has_class_token else 0
-    head, grid = table[:, :start], table[:, start:]
-    wanted = shape[1] - start
-    old_side, new_side = round(grid.shape[1] ** 0.5), round(wanted ** 0.5)
-    if has_class_token and old_side**2 == grid.shape[1] and new_side**2 == wanted:
-        square = grid.reshape(1, old_side, old_side, -1).permute(0, 3, 1, 2)
-        square = F.interpolate(square, size=(new_side, new_side), mode="bicubic", align_corners=False)
-        return torch.cat([head, square.permute(0, 2, 3, 1).reshape(1, wanted, -1)], dim=1)
-    if wanted <= grid.shape[1]:
-        return torch.cat([head, grid[:, :wanted]], dim=1)
-    extra = grid[:, -1:].expand(1, wanted - grid.shape[1], grid.shape[2])
-    return torch.cat([head, grid, extra], dim=1)
+def _fit_sequence(table: torch.Tensor, length: int) -> torch.Tensor:
+    """A (1, L, D) position table cut to ``length`` rows, or extended by repeating its last row."""
+    if length <= table.shape[1]:
+        return table[:, :length]
+    return torch.cat([table, table[:, -1:].expand(1, length - table.shape[1], table.shape[2])], dim=1)

@@ -77,6 +77,7 @@ class Task(ABC):
     # The registered model's signature: input column → MLflow type name ("string", "binary", "double", ...).
     inference_inputs: ClassVar[dict[str, str]] = {}
     inference_example: ClassVar[dict[str, list]] = {}
+    pretrained_layout: ClassVar[str] = ""  # the other library whose layout import_pretrained reads ("timm", ...)
 
     def __init__(self, config: Any, files: dict[str, str] | None = None):
         self.config = config

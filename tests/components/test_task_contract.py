@@ -52,6 +52,14 @@ def document_samples(n: int) -> list[dict]:
              "json": {"id": i, "title": f"Article {i}"}} for i in range(n)]
 
 
+def labelled_images(n: int) -> list[dict]:
+    """Pictures as tvp ingest imagefolder writes them: .jpg, .cls (the class index), .json."""
+    return [{"__key__": f"{i:09d}", "jpg": _jpeg(20 * i % 255), "cls": str(i % 3),
+             "json": {"path": f"{CLASSES[i % 3]}/{i}.png", "label": i % 3}} for i in range(n)]
+
+
+TINY_VIT = {"image_size": 16, "patch_size": 4, "width": 32, "layers": 2, "heads": 2}
+
 TINY_BERT = {"vocab_size": 200, "hidden_size": 32, "layers": 2, "heads": 2, "intermediate_size": 64,
              "max_position": 32}
 
@@ -60,6 +68,7 @@ CONTRACT = {
     "clip": ({"model": {**asdict(tiny_clip_config()), "text": {**asdict(tiny_clip_config().text), "vocab_size": 300}}},
              clip_samples),
     "bert": ({"model": TINY_BERT, "max_seq_length": 32}, document_samples),
+    "vit": ({"model": TINY_VIT, "labels": CLASSES}, labelled_images),
     "toy": ({"hidden": 4}, toy_samples),
 }
 
