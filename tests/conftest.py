@@ -133,3 +133,18 @@ def wiki_articles(ray_address, tmp_path_factory):
     root = tmp_path_factory.mktemp("wiki")
     shard_wikipedia_dump(WikipediaDumpReader(sample_dump()), root / "docs", 50)
     return split_articles(str(root / "docs"), root / "split")
+
+
+@pytest.fixture(scope="session")
+def digit_images(ray_address, tmp_path_factory):
+    """The embedded digits as a class-per-folder tree, ingested once (``tvp ingest imagefolder --sample
+    --image-size 32``, Ray tasks on the session's head): shard sets ``train`` (1,438) and ``heldout`` (359)."""
+    from components.data.ingest.digits_image_folder import write_digits_folder
+    from components.data.ingest.image_folder_shard import ImageFolderConfig
+    from components.data.ingest.image_processing import ImageConfig
+    from pipelines.ingest_imagefolder import ingest_image_folder, open_image_folders
+
+    root = tmp_path_factory.mktemp("digits")
+    inputs = open_image_folders(write_digits_folder(str(root / "images")), heldout_fraction=0.2)
+    ingest_image_folder(inputs, root, ImageFolderConfig(ImageConfig(image_size=32)), 200, echo=lambda line: None)
+    return root
