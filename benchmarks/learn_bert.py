@@ -41,6 +41,7 @@ def main() -> None:
 
     import torch
 
+    from learning_budget import epochs_in_budget  # beside this script
     from cluster.ray_cluster import connect
     from components.data.ingest.wikipedia_sample import sample_dump
     from components.data.ingest.wikipedia_stage import WikipediaDumpReader, shard_wikipedia_dump
@@ -71,7 +72,7 @@ def main() -> None:
         facts = eval_facts(splits.heldout)
         spec = {"task": "bert", "task_config": task.config_dict(), "files": task.files,
                 "sources": [[str(splits.train), 1.0]], "train": train}
-        epochs = args.epochs or _epochs_in_budget(spec, root, args.minutes)
+        epochs = args.epochs or epochs_in_budget(spec, root, args.minutes)
         print(f"training bert-tiny for {epochs} epochs on {splits.num_train} articles "
               f"({cfg.train.batch_size} documents × {task.config.examples_per_document} examples per step)")
         started = time.perf_counter()
@@ -93,20 +94,6 @@ def main() -> None:
           f"ratio={metrics['mlm_accuracy'] / max(baseline, 1e-9):.2f} better=higher "
           f"mlm_loss={metrics['mlm_loss']:.3f} unigram_entropy={metrics['mlm_unigram_entropy']:.3f} "
           f"nsp_accuracy={metrics['nsp_accuracy']:.4f} train_s={trained_s:.0f}")
-
-
-def _epochs_in_budget(spec: dict, root: Path, minutes: float) -> int:
-    """Epochs that fit the budget: the time of two more epochs after a first (whose start-up is not an epoch's
-    cost), from two probe runs that are thrown away."""
-    from components.training.harness import train_in_process
-
-    took = []
-    for epochs in (1, 3):
-        started = time.perf_counter()
-        train_in_process({**spec, "train": {**spec["train"], "epochs": epochs}}, root / f"probe{epochs}")
-        took.append(time.perf_counter() - started)
-    per_epoch = max((took[1] - took[0]) / 2, 1e-3)
-    return max(1, int((minutes * 60 - took[0]) / per_epoch) + 1)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ def main() -> None:
 
     import torch
 
+    from learning_budget import epochs_in_budget  # beside this script
     from cluster.ray_cluster import connect
     from components.data.ingest.digits_image_folder import write_digits_folder
     from components.data.ingest.image_folder_shard import ImageFolderConfig
@@ -70,7 +71,7 @@ def main() -> None:
                  "system_metrics_every_s": 0}
         spec = {"task": "vit", "task_config": task.config_dict(), "files": {},
                 "sources": [[str(root / "train"), 1.0]], "train": train}
-        epochs = args.epochs or _epochs_in_budget(spec, root, args.minutes)
+        epochs = args.epochs or epochs_in_budget(spec, root, args.minutes)
         print(f"training vit-tiny for {epochs} epochs on {len(inputs.train.files)} digits "
               f"({cfg.train.batch_size} per step)")
         started = time.perf_counter()
@@ -104,20 +105,6 @@ def _logistic_regression(train: list[dict], heldout: list[dict]) -> float:
     x, y = _pixels(train)
     x_test, y_test = _pixels(heldout)
     return float(LogisticRegression(max_iter=2000).fit(x, y).score(x_test, y_test))
-
-
-def _epochs_in_budget(spec: dict, root: Path, minutes: float) -> int:
-    """Epochs that fit the budget: the time of two more epochs after a first (whose start-up is not an epoch's
-    cost), from two probe runs that are thrown away."""
-    from components.training.harness import train_in_process
-
-    took = []
-    for epochs in (1, 3):
-        started = time.perf_counter()
-        train_in_process({**spec, "train": {**spec["train"], "epochs": epochs}}, root / f"probe{epochs}")
-        took.append(time.perf_counter() - started)
-    per_epoch = max((took[1] - took[0]) / 2, 1e-3)
-    return max(1, int((minutes * 60 - took[0]) / per_epoch) + 1)
 
 
 if __name__ == "__main__":

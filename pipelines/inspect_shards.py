@@ -10,6 +10,7 @@ Sets may live in folders or object storage (``s3://``, ``gs://``).
 from __future__ import annotations
 
 import io
+import json
 import random
 from itertools import islice
 from pathlib import Path
@@ -126,14 +127,32 @@ def summarize(shard_dir: str | Path, index: bool = False, index_dir: str | Path 
 
 
 def _picked_samples(store: ShardStore, tars: list[str], count: int, seed: int = 0) -> list[tuple[bytes, str]]:
-    """``count`` (jpg, caption) pairs spread over the shards, chosen reproducibly; streams only what it needs."""
+    """``count`` (jpg, caption) pairs spread over the shards, chosen reproducibly; streams only what it needs.
+    The caption is the sample's ``.txt``, else its class (``.cls``, named by the manifest's ``classes``)."""
     chosen = random.Random(seed).sample(tars, min(len(tars), count))
     per_shard = -(-count // max(1, len(chosen)))
+    classes = _class_names(store)
     picked: list[tuple[bytes, str]] = []
     for tar in chosen:
-        samples = (s for s in iter_shard_samples(shard_url(store, tar), ["jpg", "txt"]) if "jpg" in s)
-        picked.extend((s["jpg"], s.get("txt", b"").decode("utf-8", "replace")) for s in islice(samples, per_shard))
+        samples = (s for s in iter_shard_samples(shard_url(store, tar), ["jpg", "txt", "cls"]) if "jpg" in s)
+        picked.extend((s["jpg"], _caption(s, classes)) for s in islice(samples, per_shard))
     return picked[:count]
+
+
+def _class_names(store: ShardStore) -> dict[str, str]:
+    try:
+        return {str(k): str(v) for k, v in (json.loads(store.read_bytes("manifest.json")).get("classes") or {}).items()}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def _caption(sample: dict[str, bytes], classes: dict[str, str]) -> str:
+    if "txt" in sample:
+        return sample["txt"].decode("utf-8", "replace")
+    if "cls" in sample:
+        label = sample["cls"].decode("utf-8", "replace").strip()
+        return f"{classes.get(label, label)} (class {label})"
+    return ""
 
 
 def _write_sheet(store: ShardStore, data: bytes, sheet_path: str | Path | None, summary: dict[str, Any]) -> str:

@@ -8,6 +8,7 @@ import json
 
 from components.data.shards.shard_store import ShardStore
 from pipelines.cli import main
+from pipelines.inspect_shards import _caption, inspect_shards
 from tests.components.test_image_folder import TREE, picture, write_tree
 from tests.components.test_output_lease import worker_visible
 from tests.conftest import create_bucket, run_tvp
@@ -42,6 +43,11 @@ def test_a_tree_in_s3_becomes_train_and_heldout_sets_and_a_lost_shard_is_remade_
     assert "train: 16 files in 4 shards; 1 to do" in second.stdout
     assert "heldout: 6 files in 2 shards; 0 to do" in second.stdout
     assert json.loads((out / "train" / "manifest.json").read_text())["content_hash"] == train["content_hash"]
+
+    # tvp inspect captions each picture with its class, named by the manifest.
+    sheet = inspect_shards(out / "train", tmp_path / "sheet.jpg", samples=4, echo=lambda line: None)
+    assert sheet["contact_sheet"] == str(tmp_path / "sheet.jpg")
+    assert {_caption({"cls": b"1"}, {"1": "dog"}), _caption({"cls": b"7"}, {})} == {"dog (class 1)", "7 (class 7)"}
 
 
 def test_bad_trees_end_in_one_line_and_leave_nothing(tmp_path, capsys):

@@ -1,0 +1,20 @@
+"""How many epochs fit a learning benchmark's wall-clock budget (imported by learn_bert.py and learn_vit.py, beside it)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+
+def epochs_in_budget(spec: dict, root: Path, minutes: float) -> int:
+    """Epochs that fit the budget: the time of two more epochs after a first (whose start-up is not an epoch's
+    cost), from two probe runs of ``spec`` through the in-process harness that are thrown away."""
+    from components.training.harness import train_in_process
+
+    took = []
+    for epochs in (1, 3):
+        started = time.perf_counter()
+        train_in_process({**spec, "train": {**spec["train"], "epochs": epochs}}, root / f"probe{epochs}")
+        took.append(time.perf_counter() - started)
+    per_epoch = max((took[1] - took[0]) / 2, 1e-3)
+    return max(1, int((minutes * 60 - took[0]) / per_epoch) + 1)
