@@ -7,10 +7,12 @@ what lets batches stack, move to a device and split across workers unchanged.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is only needed where tensors are unpadded: transforms stay numpy-only
+    import torch
 
 
 def pad_items(items: Sequence[np.ndarray], max_items: int, fill: float = 0) -> tuple[np.ndarray, np.ndarray]:
