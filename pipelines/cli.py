@@ -149,6 +149,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_text_table_parser(sources)
     _add_wikipedia_parser(sources)
     _add_imagefolder_parser(sources)
+    _add_coco_parser(sources)
 
     export = commands.add_parser(
         "export",
@@ -476,6 +477,50 @@ def _add_imagefolder_parser(sources: argparse._SubParsersAction) -> None:
     _add_address(imagefolder)
 
 
+def _add_coco_parser(sources: argparse._SubParsersAction) -> None:
+    from components.data.ingest import ingest_defaults as defaults  # imports nothing: the parser stays fast
+
+    coco = sources.add_parser(
+        "coco",
+        help="a COCO instances file + its image folder → detection shards (.jpg + .json of boxes)",
+        description=("Read a COCO instances file (instances_*.json: images, categories, annotations; local or s3:// "
+                     "/ gs://) and the images its file_names name, relative to --images. Write SHARDS: samples of "
+                     ".jpg (scaled down, boxes alike, only when the longer side exceeds --max-size) and .json "
+                     "(image_id, file_name, stored width and height, original_width and original_height, and per "
+                     "box: boxes as COCO [x, y, w, h] in stored-image pixels, category_ids as the file gives them, "
+                     "iscrowd, areas, annotation_ids); categories and classes ({id: name}) in manifest.json. "
+                     "Crowd annotations are kept and flagged; images without annotations are kept. Boxes partly "
+                     "outside their image are clipped; degenerate boxes, boxes wholly outside, and annotations of "
+                     "unknown images or categories are dropped; missing, corrupt and mis-sized image files are "
+                     "skipped: each counted by category in the manifest, never silently. Rerunning with the same "
+                     "arguments completes missing shards only. --sample writes the embedded digit scenes (1 to 4 "
+                     "of scikit-learn's digits on each 64-px canvas, 1,000 training and 200 held-out scenes) to "
+                     "OUTPUT/scenes and ingests them into OUTPUT/train and OUTPUT/heldout."),
+        epilog="example: tvp ingest coco annotations/instances_val2017.json --images val2017 --output coco-val",
+    )
+    coco.add_argument("annotations", nargs="?", metavar="ANNOTATIONS",
+                      help="the instances JSON file (omit with --sample)")
+    coco.add_argument("--images", default=None, metavar="DIR",
+                      help="the folder (or s3:// URI) the file_names are relative to (omit with --sample)")
+    coco.add_argument("--sample", action="store_true", help="ingest the embedded digit scenes instead")
+    coco.add_argument("--output", required=True,
+                      help="folder (or s3:// URI) for the shard set (with --sample: for OUTPUT/train and "
+                           "OUTPUT/heldout)")
+    images = coco.add_argument_group("images")
+    images.add_argument("--max-size", type=int, default=1333,  # coco_shard.MAX_SIZE (importing it here is slow)
+                        help="scale an image whose longer side is above this down to it, boxes alike; never "
+                             "enlarged; 0 keeps every size (default: %(default)s, DETR's largest input side)")
+    images.add_argument("--jpeg-quality", type=int, default=defaults.JPEG_QUALITY,
+                        help="JPEG quality of stored images (default: %(default)s)")
+    work = coco.add_argument_group("work")
+    work.add_argument("--images-per-shard", type=int, default=None,
+                      help="images per shard (default: 1000; 200 with --sample, so that its 1,000 training scenes "
+                           "make 5 shards for training's workers to share)")
+    work.add_argument("--processes", type=int, default=None,
+                      help="shards processed at once (default: the Ray cluster's CPUs)")
+    _add_address(coco)
+
+
 def _add_jobs_address(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", default=None, help="the cluster's Jobs API, http://HEAD:8265 (default: $RAY_ADDRESS)")
 
@@ -692,6 +737,8 @@ def _ingest(args: argparse.Namespace) -> dict:
         return _ingest_wikipedia(args)
     if args.source == "imagefolder":
         return _ingest_imagefolder(args)
+    if args.source == "coco":
+        return _ingest_coco(args)
     from pydantic import ValidationError
 
     from components.data.ingest.address_guard import AddressGuard
@@ -827,6 +874,41 @@ def _ingest_imagefolder(args: argparse.Namespace) -> dict:
             "heldout": set_location(args.output, "heldout") if "heldout" in manifests else None,
             "content_hash": train["content_hash"], "num_samples": train["num_samples"],
             "num_shards": train["num_shards"]}
+
+
+def _ingest_coco(args: argparse.Namespace) -> dict:
+    from components.data.ingest.coco_shard import CocoConfig
+    from pipelines.ingest_coco import ingest_coco, open_coco, open_sample, set_location
+
+    if args.sample == (args.annotations is not None):
+        raise _usage_error("give either an ANNOTATIONS file or --sample (the embedded digit scenes)")
+    if args.sample == (args.images is not None):
+        raise _usage_error("--images names the folder of ANNOTATIONS' images: give it with ANNOTATIONS, not "
+                           "with --sample" if args.sample else "give --images DIR, the folder of ANNOTATIONS' images")
+    for flag in ("images_per_shard", "processes"):
+        if getattr(args, flag) is not None and getattr(args, flag) <= 0:
+            raise _usage_error(f"--{flag.replace('_', '-')} must be positive")
+    if args.max_size < 0:
+        raise _usage_error("--max-size must be 0 (keep every size) or positive")
+    if not 1 <= args.jpeg_quality <= 100:
+        raise _usage_error("--jpeg-quality must lie between 1 and 100")
+    # A bad annotation file fails here, before Ray starts.
+    if args.sample:
+        readers = open_sample(args.output)
+        locations = {name: set_location(args.output, name) for name in readers}
+    else:
+        readers, locations = {"coco": open_coco(args.annotations, args.images)}, {"coco": args.output}
+    cfg = CocoConfig(max_size=args.max_size, jpeg_quality=args.jpeg_quality)
+    images_per_shard = args.images_per_shard or (200 if args.sample else 1000)
+
+    from cluster.ray_cluster import connect
+
+    connect(args.address, num_cpus=os.cpu_count() or 1, dashboard=False)
+    manifests = ingest_coco(readers, locations, cfg, images_per_shard, args.processes)
+    first = next(iter(manifests))
+    return {"output": args.output, "content_hash": manifests[first]["content_hash"],
+            "num_samples": manifests[first]["num_samples"], "num_shards": manifests[first]["num_shards"],
+            **({"train": locations["train"], "heldout": locations["heldout"]} if args.sample else {})}
 
 
 def _run(args: argparse.Namespace) -> dict:

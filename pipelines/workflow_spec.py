@@ -49,7 +49,8 @@ RUN_FIELDS = ("name", "workdir")
 STEP_OUTPUTS: dict[str, tuple[str, ...]] = {
     "demo": ("workdir", "run_id", "run_name", "registered_model", "model_version", "model_uri", "zero_shot_top1"),
     "demo-data": ("train_table", "heldout_table", "num_train", "num_heldout"),
-    "ingest": ("output", "content_hash", "num_samples", "num_shards", "train", "heldout"),  # the last two: imagefolder
+    # the last two: imagefolder, and coco --sample
+    "ingest": ("output", "content_hash", "num_samples", "num_shards", "train", "heldout"),
     "inspect": (),
     "train": ("run_id", "run_name", "experiment", "registered_model", "model_version", "model_uri",
               "checkpoint_uri", "data_manifest_hash", "metrics", "promotion"),
