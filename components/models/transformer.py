@@ -313,10 +313,11 @@ class Decoder(nn.Module):
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor, attn_mask: torch.Tensor | None = None,
                 memory_mask: torch.Tensor | None = None, *, query_pos: torch.Tensor | None = None,
-                memory_pos: torch.Tensor | None = None, need_weights: bool = False
+                memory_pos: torch.Tensor | None = None, need_weights: bool = False, return_all: bool = False
                 ) -> torch.Tensor | tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-        """x (B, Lq, D); with ``need_weights``, also (self, cross) attention probabilities per layer."""
-        all_weights = []
+        """x (B, Lq, D); with ``return_all``, every layer's output instead, stacked first to last: (layers, B, Lq, D)
+        (DETR's auxiliary losses); with ``need_weights``, also (self, cross) attention probabilities per layer."""
+        all_weights, outputs = [], []
         for layer in self.layers:
             out = layer(x, memory, attn_mask, memory_mask, query_pos=query_pos, memory_pos=memory_pos,
                         need_weights=need_weights)
@@ -325,6 +326,9 @@ class Decoder(nn.Module):
                 all_weights.append(weights)
             else:
                 x = out
+            outputs.append(x)
+        if return_all:
+            x = torch.stack(outputs)
         return (x, all_weights) if need_weights else x
 
 
