@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 TASKS: dict[str, str] = {
     "bert": "components.tasks.bert:BertTask",
     "clip": "components.tasks.clip:ClipTask",
+    "detr": "components.tasks.detr:DetrTask",
     "vit": "components.tasks.vit:VitTask",
 }
 

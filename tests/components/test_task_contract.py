@@ -58,6 +58,20 @@ def labelled_images(n: int) -> list[dict]:
              "json": {"path": f"{CLASSES[i % 3]}/{i}.png", "label": i % 3}} for i in range(n)]
 
 
+def boxed_pictures(n: int) -> list[dict]:
+    """Pictures as tvp ingest coco writes them: .jpg and .json with COCO xywh boxes in pixels."""
+    return [{"__key__": f"{i:09d}", "jpg": _jpeg(20 * i % 255),
+             "json": {"image_id": i + 1, "width": 20, "height": 20, "boxes": [[2, 3, 8, 6], [10, 10, 5, 7]][: 1 + i % 2],
+                      "category_ids": [1 + i % 3, 2][: 1 + i % 2], "iscrowd": [0, 0][: 1 + i % 2],
+                      "areas": [48.0, 35.0][: 1 + i % 2]}} for i in range(n)]
+
+
+TINY_DETR = {"backbone": "tiny", "tiny_width": 8, "trainable_backbone_layers": 4, "d_model": 32, "heads": 2,
+             "encoder_layers": 1, "decoder_layers": 2, "ffn_dim": 64, "num_queries": 5, "dropout": 0.0,
+             "attn_dropout": 0.0}
+SMALL_DETECTION_AUGMENT = {"scales": [32], "max_size": 48, "crop_resize_scales": [32], "min_crop": 16,
+                           "max_crop": 24, "pad_to": 48}
+
 TINY_VIT = {"image_size": 16, "patch_size": 4, "width": 32, "layers": 2, "heads": 2}
 
 TINY_BERT = {"vocab_size": 200, "hidden_size": 32, "layers": 2, "heads": 2, "intermediate_size": 64,
@@ -69,6 +83,8 @@ CONTRACT = {
              clip_samples),
     "bert": ({"model": TINY_BERT, "max_seq_length": 32}, document_samples),
     "vit": ({"model": TINY_VIT, "labels": CLASSES}, labelled_images),
+    "detr": ({"model": TINY_DETR, "classes": {1: "zero", 2: "one", 3: "two"}, "augment": SMALL_DETECTION_AUGMENT,
+              "max_objects": 4}, boxed_pictures),
     "toy": ({"hidden": 4}, toy_samples),
 }
 
