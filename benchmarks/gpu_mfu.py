@@ -5,12 +5,17 @@ so it runs wherever PyTorch runs. Each model is measured side by side with a
 reference of the same shape built from torch's own ``nn.TransformerEncoder``
 layers. Models: CLIP ViT-B/16 (contrastive loss), BERT-base (masked-LM
 loss at 20 masked positions of 128, as in BERT's phase-1 pretraining, plus
-next-sentence loss), and the ViT-B/16 and ViT-L/16 image classifiers (224
-pixels, 1000 classes, cross-entropy). Without a GPU it says so and exits
-cleanly; ``--device cpu --size tiny`` smoke-tests the script itself. One
-RESULT line per model, in the order measured.
+next-sentence loss), the ViT-B/16 and ViT-L/16 image classifiers (224
+pixels, 1000 classes, cross-entropy), and DETR-R50 (800×1088 canvases,
+half the images 800×800 and padded, 8 boxes each, Hungarian matching and the
+set loss with auxiliary layers; batch 16 unless ``--batch`` says otherwise;
+its reference is DETR's own layout from ``nn.MultiheadAttention``, and its
+FLOPs are counted by ``torch.utils.flop_counter`` on the meta device, since
+the frozen stem and first stage have no backward). Without a GPU it says so
+and exits cleanly; ``--device cpu --size tiny`` smoke-tests the script
+itself. One RESULT line per model, in the order measured.
 
-Run: ``python benchmarks/gpu_mfu.py [--model clip|bert|vit-b16|vit-l16|all] [--batch 128] [--steps 30]``.
+Run: ``python benchmarks/gpu_mfu.py [--model clip|bert|vit-b16|vit-l16|detr-r50|all] [--batch 128] [--steps 30]``.
 """
 
 from __future__ import annotations
@@ -27,8 +32,12 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components.losses.contrastive import clip_loss  # noqa: E402
+from components.losses.detection import DetectionLoss  # noqa: E402
 from components.models.bert import BertConfig, BertForPreTraining, bert_config  # noqa: E402
 from components.models.clip import CLIP, CLIPConfig, TextConfig  # noqa: E402
+from components.models.detr import DETR, DetrConfig, detr_config  # noqa: E402
+from components.models.detr_backbone import build_backbone  # noqa: E402
+from components.models.position_encoding import PositionEmbeddingSine  # noqa: E402
 from components.models.vit import ViTConfig, VisionTransformer, vit_config  # noqa: E402
 
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets.
@@ -211,8 +220,110 @@ def vit_workload(family: str):
     return workload
 
 
+# DETR: (config, canvas height, canvas width, boxes per image); COCO-like 800-pixel images, 16 a batch by default.
+DETR_SIZES = {
+    "base": (detr_config("r50", dropout=0.0, attn_dropout=0.0), 800, 1088, 8),
+    "tiny": (detr_config("tiny"), 64, 96, 3),
+}
+DEFAULT_BATCH = {"detr-r50": 16}  # the others: 128
+
+
+class ReferenceDetrLayer(nn.Module):
+    """DETR's own post-norm layer from nn.MultiheadAttention: positions on queries and keys, cross-attention
+    when ``memory`` is given."""
+
+    def __init__(self, d: int, heads: int, ffn: int, cross: bool):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.cross = nn.MultiheadAttention(d, heads, batch_first=True) if cross else None
+        self.norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(3 if cross else 2))
+        self.fc1, self.fc2 = nn.Linear(d, ffn), nn.Linear(ffn, d)
+
+    def forward(self, x, pos, padding, memory=None, memory_pos=None):
+        q = x + pos
+        if memory is None:  # encoder: self-attention over the feature map, padded keys ignored
+            x = self.norms[0](x + self.attn(q, q, x, key_padding_mask=padding, need_weights=False)[0])
+        else:
+            x = self.norms[0](x + self.attn(q, q, x, need_weights=False)[0])
+            x = self.norms[1](x + self.cross(x + pos, memory + memory_pos, memory, key_padding_mask=padding,
+                                             need_weights=False)[0])
+        return self.norms[-1](x + self.fc2(F.relu(self.fc1(x))))
+
+
+class ReferenceDETR(nn.Module):
+    """DETR with the same backbone, positions and heads as tvp's, its Transformer from nn.MultiheadAttention."""
+
+    def __init__(self, cfg: DetrConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.backbone = build_backbone(cfg)  # torchvision's ResNet, stem and first stage frozen, as tvp's
+        self.proj = nn.Conv2d(self.backbone.num_channels, d, 1)
+        self.position = PositionEmbeddingSine(d // 2)
+        self.queries = nn.Parameter(torch.randn(cfg.num_queries, d))
+        self.encoder = nn.ModuleList(ReferenceDetrLayer(d, cfg.heads, cfg.ffn_dim, False)
+                                     for _ in range(cfg.encoder_layers))
+        self.decoder = nn.ModuleList(ReferenceDetrLayer(d, cfg.heads, cfg.ffn_dim, True)
+                                     for _ in range(cfg.decoder_layers))
+        self.norm = nn.LayerNorm(d)
+        self.classes = nn.Linear(d, cfg.num_classes + 1)
+        self.box = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, d), nn.ReLU(), nn.Linear(d, 4))
+
+    def forward(self, images, mask):
+        features = self.backbone(images)
+        cells = F.interpolate(mask[None].float(), size=features.shape[-2:])[0].bool()
+        x = self.proj(features).flatten(2).transpose(1, 2)
+        pos = self.position(cells).to(x.dtype).flatten(2).transpose(1, 2)
+        padding = cells.flatten(1)
+        for layer in self.encoder:
+            x = layer(x, pos, padding)
+        query_pos = self.queries.expand(len(x), -1, -1)
+        h, outputs = torch.zeros_like(query_pos), []
+        for layer in self.decoder:
+            h = layer(h, query_pos, padding, x, pos)
+            outputs.append(self.norm(h))
+        hidden = torch.stack(outputs)
+        logits, boxes = self.classes(hidden), self.box(hidden).sigmoid()
+        return {"logits": logits[-1], "boxes": boxes[-1],
+                "aux": [{"logits": a, "boxes": b} for a, b in zip(logits[:-1], boxes[:-1])]}
+
+
+def detr_train_flops(cfg: DetrConfig, height: int, width: int, batch: int = 2) -> float:
+    """Per image: forward and backward FLOPs of tvp's DETR as torch's FLOP counter sees them on the meta device
+    (convolutions, matmuls, attention); the frozen stem and first stage have no backward."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = DETR(cfg).train()
+        images = torch.randn(batch, 3, height, width)
+        mask = torch.zeros(batch, height, width, dtype=torch.bool)
+    with FlopCounterMode(display=False) as counter:
+        out = model(images, mask)
+        proxy = sum(pair[key].float().sum() for pair in [out, *out["aux"]] for key in ("logits", "boxes"))
+        proxy.backward()
+    return counter.get_total_flops() / batch
+
+
+def detr_workload(size: str, batch: int, device: torch.device):
+    """Padded COCO-like canvases, random boxes; the set loss (matching every decoder layer) on both sides."""
+    cfg, height, width, objects = DETR_SIZES[size]
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 3, height, width, device=device)
+    mask = torch.zeros(batch, height, width, dtype=torch.bool, device=device)
+    mask[1::2, :, height:] = True  # every other image is height × height
+    targets = [{"labels": torch.randint(0, cfg.num_classes, (objects,), generator=g).to(device),
+                "boxes": torch.cat([torch.rand(objects, 2, generator=g) * 0.6 + 0.2,
+                                    torch.rand(objects, 2, generator=g) * 0.3 + 0.05], 1).to(device)}
+               for _ in range(batch)]
+    criterion = DetectionLoss(cfg.num_classes).to(device)
+
+    def loss(model):
+        return criterion(model(images, mask), targets)["loss"]
+
+    return (lambda: DETR(cfg)), (lambda: ReferenceDETR(cfg)), loss, detr_train_flops(cfg, height, width)
+
+
 WORKLOADS = {"clip": clip_workload, "bert": bert_workload, "vit-b16": vit_workload("vit-b16"),
-             "vit-l16": vit_workload("vit-l16")}
+             "vit-l16": vit_workload("vit-l16"), "detr-r50": detr_workload}
 
 
 def measure(model: nn.Module, loss_of, batch: int, steps: int, warmup: int, device: torch.device) -> float:
@@ -239,7 +350,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--model", choices=[*WORKLOADS, "all"], default="all")
     parser.add_argument("--size", choices=sorted(CLIP_SIZES), default="base")
-    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=None, help="samples a step (128; DETR: 16)")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     args = parser.parse_args()
@@ -252,13 +363,14 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = True
     for family in WORKLOADS if args.model == "all" else [args.model]:
         torch.manual_seed(0)
-        build_tvp, build_reference, loss_of, flops = WORKLOADS[family](args.size, args.batch, device)
-        print(f"device: {name}; {family.upper()} {args.size}, batch {args.batch}, bf16 autocast, "
+        batch = args.batch or DEFAULT_BATCH.get(family, 128)
+        build_tvp, build_reference, loss_of, flops = WORKLOADS[family](args.size, batch, device)
+        print(f"device: {name}; {family.upper()} {args.size}, batch {batch}, bf16 autocast, "
               f"{args.steps} timed steps")
         rates = {}
         for label, build in (("tvp", build_tvp), ("reference", build_reference)):
             torch.manual_seed(0)
-            rates[label] = measure(build(), loss_of, args.batch, args.steps, args.warmup, device)
+            rates[label] = measure(build(), loss_of, batch, args.steps, args.warmup, device)
             achieved = rates[label] * flops
             mfu = f"{achieved / peak:.1%}" if peak else "n/a (unknown peak)"
             print(f"  {label:9s} {rates[label]:9.1f} samples/s  {achieved / 1e12:8.2f} TFLOP/s  MFU {mfu}")
