@@ -148,3 +148,17 @@ def digit_images(ray_address, tmp_path_factory):
     inputs = open_image_folders(write_digits_folder(str(root / "images")), heldout_fraction=0.2)
     ingest_image_folder(inputs, root, ImageFolderConfig(ImageConfig(image_size=32)), 200, echo=lambda line: None)
     return root
+
+
+@pytest.fixture(scope="session")
+def digit_scenes(ray_address, tmp_path_factory):
+    """The embedded digit scenes ingested once (``tvp ingest coco --sample``, Ray tasks on the session's head):
+    detection shard sets ``train`` (1,000 scenes) and ``heldout`` (200)."""
+    from components.data.ingest.coco_shard import CocoConfig
+    from pipelines.ingest_coco import ingest_coco, open_sample, set_location
+
+    root = tmp_path_factory.mktemp("scenes")
+    readers = open_sample(root)
+    ingest_coco(readers, {name: set_location(root, name) for name in readers}, CocoConfig(), 200,
+                echo=lambda line: None)
+    return root

@@ -142,7 +142,7 @@ class DetrTask(Task):
         targets = targets_from_padded(batch["labels"], batch["boxes"], batch["num_boxes"])
         terms = self.criterion(outputs, targets)
         shown = ("loss", "loss_ce", "loss_bbox", "loss_giou", "class_error", "cardinality_error")
-        return terms["loss"], {name: float(terms[name]) for name in shown}
+        return terms["loss"], {name: float(terms[name].detach()) for name in shown}
 
     # -- evaluation -------------------------------------------------------------------------------------------
     def eval_transform(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
