@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from interleaved_steps import interleaved_medians  # noqa: E402 (a module beside this script)
 from components.models.bert import BERT_PRESETS, BertForPreTraining  # noqa: E402
 from components.models.bert_hf import bert_config_from_hf, weights_from_hf  # noqa: E402
 
@@ -115,23 +115,9 @@ def main() -> None:
     print(f"BERT-{args.preset} ({sum(p.numel() for p in tvp.parameters()) / 1e6:.1f}M parameters), batch "
           f"{args.batch} x {args.seq} tokens, {args.dtype}, {args.threads} threads, train mode, "
           f"{args.warmup} warm-up + {args.repeats} timed steps per side, interleaved")
-    times: dict[str, list[float]] = {"tvp": [], "reference": []}
-    cpu: dict[str, list[float]] = {"tvp": [], "reference": []}
-    for r in range(args.warmup + args.repeats):
-        order = ("tvp", "reference") if r % 2 == 0 else ("reference", "tvp")
-        for name in order:
-            model, logits_of = sides[name]
-            seconds, cpu_seconds = step_seconds(model, logits_of, b, autocast_dtype)
-            if r >= args.warmup:
-                times[name].append(seconds)
-                cpu[name].append(cpu_seconds)
-        if r >= args.warmup:
-            print(f"  round {r - args.warmup + 1}: tvp {times['tvp'][-1]:.3f} s (CPU {cpu['tvp'][-1]:.2f} s), "
-                  f"reference {times['reference'][-1]:.3f} s (CPU {cpu['reference'][-1]:.2f} s)")
-    tvp_s, ref_s = statistics.median(times["tvp"]), statistics.median(times["reference"])
-    tvp_cpu, ref_cpu = statistics.median(cpu["tvp"]), statistics.median(cpu["reference"])
-    print(f"median step: tvp {tvp_s:.3f} s, reference {ref_s:.3f} s; CPU time: tvp {tvp_cpu:.2f} s, "
-          f"reference {ref_cpu:.2f} s (ratio {tvp_cpu / ref_cpu:.3f})")
+    medians = interleaved_medians(lambda side: step_seconds(*sides[side], b, autocast_dtype), args.warmup,
+                                  args.repeats)
+    tvp_s, ref_s = medians["tvp"]["wall"], medians["reference"]["wall"]
     print(f"RESULT metric=bert_{args.preset}_{args.dtype}_step_s tvp={tvp_s:.3f} reference={ref_s:.3f} "
           f"ratio={tvp_s / ref_s:.3f} better=lower")
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -42,6 +41,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from interleaved_steps import interleaved_medians  # noqa: E402 (a module beside this script)
 from components.losses.detection import DetectionLoss  # noqa: E402
 from components.models.detr import DETR  # noqa: E402
 from components.models.detr_hf import detr_config_from_hf, weights_from_hf  # noqa: E402
@@ -147,22 +147,8 @@ def main() -> None:
           f"{args.objects} objects per image, aux losses {'on' if args.aux else 'off'}, {args.dtype}, "
           f"{args.threads} threads, train mode, {args.warmup} warm-up + {args.repeats} timed steps per side, "
           f"interleaved")
-    times: dict[str, list[float]] = {"tvp": [], "reference": []}
-    cpu: dict[str, list[float]] = {"tvp": [], "reference": []}
-    for r in range(args.warmup + args.repeats):
-        for name in ("tvp", "reference") if r % 2 == 0 else ("reference", "tvp"):
-            seconds, cpu_seconds = step_seconds(sides[name])
-            if r >= args.warmup:
-                times[name].append(seconds)
-                cpu[name].append(cpu_seconds)
-        if r >= args.warmup:
-            print(f"  round {r - args.warmup + 1}: tvp {times['tvp'][-1]:.3f} s (CPU {cpu['tvp'][-1]:.2f} s), "
-                  f"reference {times['reference'][-1]:.3f} s (CPU {cpu['reference'][-1]:.2f} s)")
-    tvp_s, ref_s = statistics.median(times["tvp"]), statistics.median(times["reference"])
-    tvp_cpu, ref_cpu = statistics.median(cpu["tvp"]), statistics.median(cpu["reference"])
-    print(f"median step: tvp {tvp_s:.3f} s, reference {ref_s:.3f} s; CPU time: tvp {tvp_cpu:.2f} s, "
-          f"reference {ref_cpu:.2f} s (ratio {tvp_cpu / ref_cpu:.3f}); fastest step: tvp {min(times['tvp']):.3f} s, "
-          f"reference {min(times['reference']):.3f} s")
+    medians = interleaved_medians(lambda side: step_seconds(sides[side]), args.warmup, args.repeats)
+    tvp_s, ref_s = medians["tvp"]["wall"], medians["reference"]["wall"]
     name = "detr_r50" + ("" if args.aux else "_noaux") + ("" if args.dtype == "fp32" else f"_{args.dtype}")
     print(f"RESULT metric={name}_step_s tvp={tvp_s:.3f} reference={ref_s:.3f} ratio={tvp_s / ref_s:.3f} better=lower")
 

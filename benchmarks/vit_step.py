@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from interleaved_steps import interleaved_medians  # noqa: E402 (a module beside this script)
 from components.models.vit import VisionTransformer  # noqa: E402
 from components.models.vit_layouts import config_from_timm, weights_from_timm  # noqa: E402
 
@@ -81,22 +81,9 @@ def main() -> None:
     print(f"{args.model} ({sum(p.numel() for p in tvp.parameters()) / 1e6:.1f}M parameters), batch {args.batch} x "
           f"{cfg.image_size}² pixels, {args.dtype}, {args.threads} threads, train mode, "
           f"{args.warmup} warm-up + {args.repeats} timed steps per side, interleaved")
-    times: dict[str, list[float]] = {"tvp": [], "reference": []}
-    cpu: dict[str, list[float]] = {"tvp": [], "reference": []}
-    for r in range(args.warmup + args.repeats):
-        order = ("tvp", "reference") if r % 2 == 0 else ("reference", "tvp")
-        for name in order:
-            seconds, cpu_seconds = step_seconds(sides[name], images, labels, autocast_dtype)
-            if r >= args.warmup:
-                times[name].append(seconds)
-                cpu[name].append(cpu_seconds)
-        if r >= args.warmup:
-            print(f"  round {r - args.warmup + 1}: tvp {times['tvp'][-1]:.3f} s (CPU {cpu['tvp'][-1]:.2f} s), "
-                  f"reference {times['reference'][-1]:.3f} s (CPU {cpu['reference'][-1]:.2f} s)")
-    tvp_s, ref_s = statistics.median(times["tvp"]), statistics.median(times["reference"])
-    tvp_cpu, ref_cpu = statistics.median(cpu["tvp"]), statistics.median(cpu["reference"])
-    print(f"median step: tvp {tvp_s:.3f} s, reference {ref_s:.3f} s; CPU time: tvp {tvp_cpu:.2f} s, "
-          f"reference {ref_cpu:.2f} s (ratio {tvp_cpu / ref_cpu:.3f})")
+    medians = interleaved_medians(lambda side: step_seconds(sides[side], images, labels, autocast_dtype),
+                                  args.warmup, args.repeats)
+    tvp_s, ref_s = medians["tvp"]["wall"], medians["reference"]["wall"]
     name = "vit_b16" if args.model == "vit_base_patch16_224" else args.model
     name += "" if args.dtype == "fp32" else f"_{args.dtype}"
     print(f"RESULT metric={name}_step_s tvp={tvp_s:.3f} reference={ref_s:.3f} "
