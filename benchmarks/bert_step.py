@@ -33,7 +33,8 @@ import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from interleaved_steps import interleaved_medians  # noqa: E402 (a module beside this script)
+sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))  # helpers shared by the benchmarks
+from interleaved_steps import interleaved_medians  # noqa: E402
 from components.models.bert import BERT_PRESETS, BertForPreTraining  # noqa: E402
 from components.models.bert_hf import bert_config_from_hf, weights_from_hf  # noqa: E402
 

@@ -41,7 +41,8 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from interleaved_steps import interleaved_medians  # noqa: E402 (a module beside this script)
+sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))  # helpers shared by the benchmarks
+from interleaved_steps import interleaved_medians  # noqa: E402
 from components.losses.detection import DetectionLoss  # noqa: E402
 from components.models.detr import DETR  # noqa: E402
 from components.models.detr_hf import detr_config_from_hf, weights_from_hf  # noqa: E402

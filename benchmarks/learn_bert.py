@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))  # helpers shared by the benchmarks
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
@@ -41,7 +42,7 @@ def main() -> None:
 
     import torch
 
-    from learning_budget import epochs_in_budget  # beside this script
+    from learning_budget import epochs_in_budget
     from cluster.ray_cluster import connect
     from components.data.ingest.wikipedia_sample import sample_dump
     from components.data.ingest.wikipedia_stage import WikipediaDumpReader, shard_wikipedia_dump

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))  # helpers shared by the benchmarks
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 TARGET = 0.3
@@ -38,7 +39,7 @@ def main() -> None:
 
     import torch
 
-    from learning_budget import epochs_in_budget  # beside this script
+    from learning_budget import epochs_in_budget
     from cluster.ray_cluster import connect
     from components.data.ingest.coco_shard import CocoConfig
     from components.data.shards.shard_set import ShardSet

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))  # helpers shared by the benchmarks
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 TARGET = 0.85
@@ -45,7 +46,7 @@ def main() -> None:
 
     import torch
 
-    from learning_budget import epochs_in_budget  # beside this script
+    from learning_budget import epochs_in_budget
     from cluster.ray_cluster import connect
     from components.data.ingest.digits_image_folder import write_digits_folder
     from components.data.ingest.image_folder_shard import ImageFolderConfig

@@ -87,10 +87,12 @@ def _describe(error: dict[str, Any]) -> str:
 
 
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    """``top`` laid over ``base``, section by section."""
+    """``top`` laid over ``base``, section by section. An empty mapping in ``top`` empties the key (``classes: {}``
+    in a fine-tuning preset drops the parent's classes) rather than changing nothing."""
     merged = dict(base)
     for key, value in top.items():
-        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        nested = isinstance(value, dict) and value and isinstance(merged.get(key), dict)
+        merged[key] = _merge(merged[key], value) if nested else value
     return merged
 
 

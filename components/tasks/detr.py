@@ -87,7 +87,6 @@ class DetrTask(Task):
     columns = ("jpg", "json")
     eval_columns = ("jpg", "json")
     backbone_prefixes = ("backbone.",)
-    fsdp_forward_methods = ()
     inference_inputs = {"image": "binary"}
     inference_example = {"image": [_example_png()]}
 

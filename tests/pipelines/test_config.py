@@ -71,3 +71,9 @@ def test_a_parents_task_settings_are_the_base_that_overrides_change():
     cfg = load_run_config("clip", "clip-finetune", ["task.zero_shot_templates=['a {}']"], base_task=parent)
     task = cfg.task_config("clip")
     assert task.model.vision.width == 64 and task.zero_shot_templates == ["a {}"] and cfg.train.lr == 0.0001
+
+
+def test_an_empty_mapping_in_a_fine_tuning_preset_drops_the_parents():
+    parent = {"model": {"backbone": "tiny", "num_classes": 11}, "classes": {1: "zero", 2: "one"}}
+    task = load_run_config("detr", "detr-finetune", base_task=parent).task
+    assert task["classes"] == {} and task["model"] == parent["model"]  # refitted from the new training set

@@ -1,4 +1,4 @@
-"""How many epochs fit a learning benchmark's wall-clock budget (imported by learn_bert.py and learn_vit.py, beside it)."""
+"""How many epochs fit a learning benchmark's wall-clock budget (imported by the learn_*.py benchmarks; a helper, not a benchmark)."""
 
 from __future__ import annotations
 
