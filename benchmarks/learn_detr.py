@@ -1,6 +1,6 @@
 """Does a tiny DETR learn the embedded digit scenes? Held-out COCO AP50 after a wall-clock budget.
 
-The embedded scenes (1 to 4 of scikit-learn's digits pasted on 64-pixel black canvases, seeded; held-out
+The embedded scenes (1 to 4 of scikit-learn's digits pasted on 96-pixel black canvases, seeded; held-out
 scenes use held-out digit pictures) are written as COCO JSON + images and ingested with tvp's COCO stage
 (``tvp ingest coco --sample``). The ``detr-tiny`` preset is trained through the one training loop in this
 process (the in-process harness: the loop the Ray Train workers run) for as many epochs as the budget

@@ -494,7 +494,7 @@ def _add_coco_parser(sources: argparse._SubParsersAction) -> None:
                      "unknown images or categories are dropped; missing, corrupt and mis-sized image files are "
                      "skipped: each counted by category in the manifest, never silently. Rerunning with the same "
                      "arguments completes missing shards only. --sample writes the embedded digit scenes (1 to 4 "
-                     "of scikit-learn's digits on each 64-px canvas, 1,000 training and 200 held-out scenes) to "
+                     "of scikit-learn's digits on each 96-px canvas, 1,000 training and 200 held-out scenes) to "
                      "OUTPUT/scenes and ingests them into OUTPUT/train and OUTPUT/heldout."),
         epilog="example: tvp ingest coco annotations/instances_val2017.json --images val2017 --output coco-val",
     )

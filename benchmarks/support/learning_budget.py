@@ -16,5 +16,7 @@ def epochs_in_budget(spec: dict, root: Path, minutes: float) -> int:
         started = time.perf_counter()
         train_in_process({**spec, "train": {**spec["train"], "epochs": epochs}}, root / f"probe{epochs}")
         took.append(time.perf_counter() - started)
-    per_epoch = max((took[1] - took[0]) / 2, 1e-3)
+    # The difference of two short runs is noisy (one slow probe and the estimate doubles the epochs), so the
+    # cost of an epoch is taken as at least a third of the 3-epoch probe: start-up included, it errs short.
+    per_epoch = max((took[1] - took[0]) / 2, took[1] / 3, 1e-3)
     return max(1, int((minutes * 60 - took[0]) / per_epoch) + 1)

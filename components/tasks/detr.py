@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from components.data.loading.detection_augment import DetectionAugmentConfig, detection_batch
-from components.evaluation.coco_map import GROUND_TRUTH_COLUMNS, coco_metrics, detection_outputs
+from components.evaluation.coco_map import GROUND_TRUTH_COLUMNS, coco_metrics, coco_results_json, detection_outputs
 from components.losses.detection import DetectionLoss, targets_from_padded
 from components.losses.matcher import HungarianMatcher
 from components.models.detr import DETR, DetrConfig
@@ -159,6 +159,11 @@ class DetrTask(Task):
     def eval_reduce(self, outputs: dict[str, np.ndarray], facts: EvalFacts) -> dict[str, float]:
         metrics = coco_metrics(outputs, classes=facts.classes or self.config.classes)
         return {k: (0.0 if v != v else v) for k, v in metrics.items()}  # NaN (undefined) logged as 0
+
+    def eval_documents(self, outputs: dict[str, np.ndarray], facts: EvalFacts) -> dict[str, Any]:
+        """The held-out detections in COCO's results format (what pycocotools' ``loadRes`` and the COCO server
+        read): every image's top ``num_queries`` boxes in its own pixels, with category ids and scores."""
+        return {"coco_results": coco_results_json(outputs)}
 
     @torch.no_grad()
     def visualize(self, model: nn.Module, samples: list[dict[str, bytes]], facts: EvalFacts) -> Any:

@@ -176,6 +176,11 @@ class Task(ABC):
         by name; logged with the evaluation's metrics. None by default."""
         return {}
 
+    def eval_documents(self, outputs: dict[str, np.ndarray], facts: EvalFacts) -> dict[str, Any]:
+        """JSON documents of the whole evaluation (a detector's results in COCO's format, say) by name, from the
+        outputs ``eval_reduce`` gets; logged with the evaluation's metrics. None by default."""
+        return {}
+
     # -- other libraries' layouts -----------------------------------------------------------------------------
     @classmethod
     def import_pretrained(cls, folder: Path) -> tuple[dict[str, Any], dict[str, str], dict[str, torch.Tensor]] | None:

@@ -163,6 +163,13 @@ class RunTracker:
         except UNAVAILABLE as exc:
             log.warning("could not log %s: %s", artifact_file, str(exc).splitlines()[0])
 
+    def log_document(self, document: Any, artifact_file: str) -> None:
+        """A JSON document (dict or list) as an artifact of the run; a dead server only costs the document."""
+        try:
+            self.client.log_dict(self.run_id, document, artifact_file)
+        except UNAVAILABLE as exc:
+            log.warning("could not log %s: %s", artifact_file, str(exc).splitlines()[0])
+
     def flush(self) -> dict[str, int]:
         """Try the backlog once more; return the tracking gap: metrics undelivered and delivered late."""
         self._deliver([])

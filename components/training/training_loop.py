@@ -271,17 +271,20 @@ class TrainingLoop:
         model.eval()
         try:
             with self._evaluated_weights():
-                metrics, pictures = self._evaluate(model)
+                metrics, pictures, documents = self._evaluate(model)
         finally:
             model.train()
         if ctx.rank == 0 and self.tracker:
             self.tracker.log_metrics(metrics, step)
             for name, picture in pictures.items():
                 self.tracker.log_image(picture, f"evaluation/{name}step_{step:07d}.{'png' if name else 'jpg'}")
+            for name, document in documents.items():
+                self.tracker.log_document(document, f"evaluation/{name}/step_{step:07d}.json")
         return metrics
 
-    def _evaluate(self, model: torch.nn.Module) -> tuple[dict[str, float], dict[str, Any]]:
-        """Metrics, and pictures by name prefix ("" for the task's picture of samples)."""
+    def _evaluate(self, model: torch.nn.Module) -> tuple[dict[str, float], dict[str, Any], dict[str, Any]]:
+        """Metrics, pictures by name prefix ("" for the task's picture of samples) and documents by name (the
+        last two only when the run is tracked, and the whole evaluation's only on rank 0)."""
         cfg, ctx, task = self.cfg, self.ctx, self.task
         context = task.eval_begin(model, self.facts)
         shards = self.eval_refs[ctx.rank::ctx.world]
@@ -292,16 +295,18 @@ class TrainingLoop:
                                                             for b in batches), context, ctx.device))
         metrics = task.eval_reduce(outputs, self.facts)
         if not self.spec.get("tracking"):
-            return metrics, {}
+            return metrics, {}, {}
         pictures: dict[str, Any] = {}
         picture = task.visualize(model, self._pictured(), self.facts)
         if isinstance(picture, dict):
             pictures.update({f"{name}/": image for name, image in picture.items()})
         elif picture is not None:
             pictures[""] = picture
+        documents: dict[str, Any] = {}
         if ctx.rank == 0:
             pictures.update({f"{name}/": image for name, image in task.eval_pictures(outputs, self.facts).items()})
-        return metrics, pictures
+            documents = task.eval_documents(outputs, self.facts)
+        return metrics, pictures, documents
 
     def _pictured(self) -> list[dict[str, bytes]]:
         """The first held-out samples, the same at every evaluation (read once)."""

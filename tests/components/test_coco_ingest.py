@@ -195,7 +195,7 @@ def test_the_digit_scenes_are_seeded_inside_their_canvas_and_held_out_digits_sta
     for document in (train, val):
         per_image = np.bincount([a["image_id"] for a in document["annotations"]])
         assert set(per_image[per_image > 0]) <= {1, 2, 3, 4}
-        assert all(0 <= x and 0 <= y and w > 0 and h > 0 and x + w <= 64 and y + h <= 64
+        assert all(0 <= x and 0 <= y and w > 0 and h > 0 and x + w <= spec.canvas and y + h <= spec.canvas
                    for x, y, w, h in (a["bbox"] for a in document["annotations"]))
         coco = parse_coco(document)
         assert coco.counts["kept"] == len(document["annotations"]) and not any(coco.counts["dropped"].values())

@@ -5,10 +5,13 @@ predictions come back in the input picture's pixels."""
 
 from __future__ import annotations
 
+import io
 from itertools import islice
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from components.data.shards.shard_set import ShardSet
 from components.data.shards.shard_store import ShardStore
@@ -79,6 +82,11 @@ def test_fine_tuning_onto_new_categories_keeps_all_but_the_class_head(overfit):
 def test_predictions_come_in_the_input_pictures_pixels(overfit):
     run, few = overfit
     sample = next(iter(ShardSet.open(few).iter_samples(["jpg", "json"])))
-    found = run.loop.task.predict(run.model.eval(), [{"image": sample["jpg"]}])[0]
-    assert found["boxes"] and len(found["boxes"]) == len(found["scores"]) == len(found["names"])
-    assert all(0 <= v <= 64 for box in found["boxes"] for v in box)  # the scenes are 64 pixels, the model saw 96
+    half = io.BytesIO()
+    Image.open(io.BytesIO(sample["jpg"])).resize((48, 48), Image.Resampling.BILINEAR).save(half, format="PNG")
+    whole, halved = run.loop.task.predict(run.model.eval(), [{"image": sample["jpg"]}, {"image": half.getvalue()}])
+    assert whole["boxes"] and len(whole["boxes"]) == len(whole["scores"]) == len(whole["names"])
+    assert all(0 <= v <= 96 for box in whole["boxes"] for v in box)
+    # The model sees both at 96 pixels; the halved picture's boxes come back in its own 48 pixels.
+    assert halved["boxes"] and all(0 <= v <= 48 for box in halved["boxes"] for v in box)
+    assert np.abs(2 * np.array(halved["boxes"][0]) - np.array(whole["boxes"][0])).max() < 6

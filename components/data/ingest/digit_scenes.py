@@ -1,8 +1,9 @@
 """The embedded detection set: scenes of scikit-learn's digits, written as a COCO set (``tvp ingest coco --sample``).
 
-Each scene is a grey ``canvas`` × ``canvas`` picture (64 px by default), black like the digits themselves, with
-1 to 4 digits (the count uniform) pasted at random places and sizes (squares of 12 to 28 px, the demo's
-``digit_image`` resampling). Squares never overlap (they may touch): each is drawn anew, up to
+Each scene is a grey ``canvas`` × ``canvas`` picture (96 px by default), black like the digits themselves, with
+1 to 4 digits (the count uniform) pasted at random places and sizes (squares of 24 to 48 px, the demo's
+``digit_image`` resampling). The sizes suit a stride-16 detector: a digit's ink spans two to three cells of
+its feature map (smaller digits, down to one cell, left a tiny DETR unable to learn them in minutes). Squares never overlap (they may touch): each is drawn anew, up to
 ``PLACEMENT_TRIES`` times, until it fits among those already placed; one that finds no room is left out, so a
 crowded draw may hold fewer digits than it drew. Scenes are a function of the seed alone.
 
@@ -47,9 +48,9 @@ class SceneSpec:
 
     train_scenes: int = 1000
     val_scenes: int = 200
-    canvas: int = 64  # side of each scene, pixels
-    min_digit: int = 12  # side of a pasted digit square, pixels, both ends included
-    max_digit: int = 28
+    canvas: int = 96  # side of each scene, pixels
+    min_digit: int = 24  # side of a pasted digit square, pixels, both ends included
+    max_digit: int = 48
     max_digits: int = 4  # digits per scene: uniform in 1 … max_digits
     seed: int = 0
 
