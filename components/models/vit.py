@@ -18,10 +18,18 @@ Two ways to make the N tokens (``cfg.backbone``):
   that map (1×1 for patch 16). Its names are torchvision's ``resnet50`` ones, so
   ``vit_layouts.hybrid_backbone_from_torchvision`` loads ImageNet ResNet weights.
 
+CLIP's image tower (Radford et al., 2021) differs in two options, both off by
+default: ``ln_pre`` normalises the tokens (class token and positions added)
+before the first block, and ``patch_bias=False`` leaves the patch projection
+without its bias (the LayerNorm after it makes one redundant); with them and
+``eps`` 1e-5, ``activation`` quick_gelu it computes OpenAI's and open_clip's
+``VisionTransformer`` up to its output projection (which CLIP holds).
+
 Parameter names (the checkpoint layout; CLIP's image tower keeps them under
 ``visual.``): ``patch_embed.proj.*``, ``cls_token`` (1, 1, D), ``pos_embed``
-(1, 1 + N, D), ``encoder.layers.i.{ln_1, attn.qkv, attn.proj, ln_2, mlp.fc1,
-mlp.fc2}.*``, ``ln_post.*``, ``head.*`` (classifiers only). ``vit_layouts.py``
+(1, 1 + N, D), ``ln_pre.*`` (with ``ln_pre`` only), ``encoder.layers.i.{ln_1,
+attn.qkv, attn.proj, ln_2, mlp.fc1, mlp.fc2}.*``, ``ln_post.*``, ``head.*``
+(classifiers only). ``vit_layouts.py``
 maps them to and from timm's and torchvision's layouts; ``layer_index`` gives
 each parameter's depth for layer-wise learning-rate decay.
 
@@ -62,6 +70,8 @@ class ViTConfig:
     activation: str = "gelu"  # MLP activation: gelu (exact), gelu_tanh, quick_gelu, relu
     num_classes: int = 0  # classifier outputs; 0 = no head, the model returns the pooled class token (B, D)
     backbone: Literal["patches", "resnet50"] = "patches"  # what makes the tokens (see the module docstring)
+    ln_pre: bool = False  # a LayerNorm over the tokens before the first block (CLIP's; timm's pre_norm)
+    patch_bias: bool = True  # a bias in the patch projection (CLIP's has none)
 
     __pydantic_config__ = {"extra": "forbid"}  # read by pipeline configs; plain dict, no import
 
@@ -118,9 +128,9 @@ def vit_config(preset: str = "B/16", **overrides) -> ViTConfig:
 class PatchEmbedding(nn.Module):
     """Non-overlapping patches projected to D: (B, 3, H, W) → (B, N, D), row-major."""
 
-    def __init__(self, patch_size: int, width: int):
+    def __init__(self, patch_size: int, width: int, bias: bool = True):
         super().__init__()
-        self.proj = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size)
+        self.proj = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=bias)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.proj(images).flatten(2).transpose(1, 2)
@@ -145,11 +155,11 @@ class ResNetStages(nn.Module):
 class ResNetPatchEmbedding(nn.Module):
     """The hybrid's tokens: ResNet-50 features (stride 16), then (patch/16)² cells projected to D: (B, N, D)."""
 
-    def __init__(self, patch_size: int, width: int):
+    def __init__(self, patch_size: int, width: int, bias: bool = True):
         super().__init__()
         cells = patch_size // BACKBONE_STRIDE
         self.backbone = ResNetStages()
-        self.proj = nn.Conv2d(BACKBONE_CHANNELS, width, kernel_size=cells, stride=cells)
+        self.proj = nn.Conv2d(BACKBONE_CHANNELS, width, kernel_size=cells, stride=cells, bias=bias)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.proj(self.backbone(images)).flatten(2).transpose(1, 2)
@@ -163,9 +173,10 @@ class VisionTransformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         embedding = PatchEmbedding if cfg.backbone == "patches" else ResNetPatchEmbedding
-        self.patch_embed = embedding(cfg.patch_size, cfg.width)
+        self.patch_embed = embedding(cfg.patch_size, cfg.width, bias=cfg.patch_bias)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
         self.pos_embed = nn.Parameter(torch.randn(1, cfg.grid**2 + 1, cfg.width) * 0.02)
+        self.ln_pre = nn.LayerNorm(cfg.width, eps=cfg.eps) if cfg.ln_pre else nn.Identity()  # no names without it
         self.encoder = Encoder(cfg.width, cfg.layers, cfg.heads, cfg.mlp_ratio, cfg.dropout,
                                attn_dropout=cfg.attn_dropout, eps=cfg.eps, activation=cfg.activation,
                                drop_path_rate=cfg.drop_path_rate)
@@ -185,7 +196,7 @@ class VisionTransformer(nn.Module):
                              f"was built for {self.cfg.image_size}² ({self.pos_embed.shape[1] - 1} tokens): build it "
                              f"for the new size and fit the table with resample_positions")
         cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, D)
-        x = torch.cat([cls, x], dim=1) + self.pos_embed  # (B, 1 + N, D)
+        x = self.ln_pre(torch.cat([cls, x], dim=1) + self.pos_embed)  # (B, 1 + N, D)
         if output_attentions:
             x, attentions = self.encoder(x, need_weights=True)
             return self.ln_post(x), attentions
@@ -206,12 +217,12 @@ class VisionTransformer(nn.Module):
 
 def layer_index(name: str, layers: int) -> int:
     """Depth of a parameter for layer-wise learning-rate decay (BEiT, MAE): the embeddings (``patch_embed.*``,
-    ``cls_token``, ``pos_embed``) are 0, ``encoder.layers.i.*`` is i + 1, the final norm and the head are
+    ``cls_token``, ``pos_embed``, ``ln_pre``) are 0, ``encoder.layers.i.*`` is i + 1, the final norm and the head are
     ``layers`` + 1. ``name`` may carry a prefix (``visual.``, a wrapper's ``module.``)."""
     match = re.search(r"(?:^|\.)encoder\.layers\.(\d+)\.", name)
     if match:
         return int(match.group(1)) + 1
-    if re.search(r"(?:^|\.)(patch_embed\.|cls_token$|pos_embed$)", name):
+    if re.search(r"(?:^|\.)(patch_embed\.|cls_token$|pos_embed$|ln_pre\.)", name):
         return 0
     return layers + 1
 
