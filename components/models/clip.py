@@ -133,7 +133,10 @@ class TextTransformer(nn.Module):
         length = tokens.shape[1]
         x = self.token_embed(tokens) + self.pos_embed[:, :length]  # (B, L, D)
         x = self.ln_final(self.encoder(x, self.attn_mask[:length, :length]))
-        eot = (tokens != self.cfg.pad_id).sum(dim=1).clamp(min=1) - 1  # (B,)
+        # The last non-pad position, not the count of non-pad tokens: with OpenAI's vocabulary the pad id 0 is
+        # also "!", which may appear inside a caption.
+        filled = (tokens != self.cfg.pad_id).flip(1).int()  # argmax finds the first True of the flipped rows
+        eot = (length - 1 - filled.argmax(dim=1)) * filled.amax(dim=1)  # (B,); an all-pad row pools position 0
         return x[torch.arange(x.shape[0], device=x.device), eot]  # (B, D)
 
 

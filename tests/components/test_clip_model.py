@@ -30,7 +30,8 @@ from components.models.clip_layouts import (  # noqa: E402
 )
 from components.models.vit import ViTConfig, layer_index  # noqa: E402
 
-CAPTIONS = ["a cat", "a photo of two dogs on a sofa", "an extremely long caption that fills every one of the "
+# "!" is id 0 of OpenAI's vocabulary, the pad id too: a caption with one still pools at its end-of-text token.
+CAPTIONS = ["a cat", "two dogs !~ on a sofa !~", "an extremely long caption that fills every one of the "
             "sixteen places and more"]
 SMALL = clip_config("micro", vision=dict(layers=2), text=dict(layers=2, vocab_size=49408, context_length=16))
 
@@ -39,6 +40,7 @@ def tokens():
     """open_clip's tokenisation (start, BPE ids, end-of-text 49407, zeros; the long one cut to end in 49407)."""
     out = open_clip.tokenize(CAPTIONS, context_length=16)
     assert out[2, -1] == 49407 and (out[0] == 0).any()  # one full row, one padded
+    assert (out[1, 1:out[1].argmax()] == 0).sum() == 2  # two "!" (id 0: "!~" splits) before the end-of-text token
     return out
 
 
