@@ -10,6 +10,18 @@ stochastic depth (``model.drop_path_rate``); the loop adds warmup + cosine,
 layer-wise rate decay and the weight EMA (``train.layer_decay``,
 ``train.ema_decay``).
 
+Supervised contrastive training (``objective: supcon``, Khosla et al. 2020):
+each image is augmented twice by the same recipe (the second view continues
+the sample's generator where the first stopped, so both replay on resume;
+mixup and cutmix do not apply, since a blend of two classes has no positive
+set). The encoder and a projection MLP (width → width → ``projection_dim``)
+learn from ``supcon_loss`` over both views at ``supcon_temperature``. The
+classifier head learns beside them from the detached pooled features (an
+online linear probe: cross-entropy with hard labels, no gradient into the
+encoder), so evaluation, prediction, export and fine-tuning read the head as
+for any ViT classifier: the reported top-1 is that probe's. The projection is
+a training-time part: fine-tuning as a classifier and timm export drop it.
+
 Fine-tuning (``tvp finetune vit``): the class names come from the new training
 set when ``labels`` is empty, a head of the wrong size starts fresh, positions
 are resampled to a new ``model.image_size``, and ``freeze_backbone`` trains
@@ -22,7 +34,7 @@ import io
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -32,11 +44,14 @@ from torch import nn
 from components.data.loading.image_augment import AugmentConfig, augment_images, eval_images
 from components.data.loading.mixing import mix_batch, smoothed_targets
 from components.evaluation.classification import classification_metrics, confusion_matrix, topk_outputs
+from components.losses.contrastive import supcon_loss
 from components.models.vit import ViTConfig, VisionTransformer, layer_index, resample_positions
 from components.tasks.task import EvalFacts, Task
 from components.training.checkpoint import CheckpointError
 
 HEAD_PREFIX = "head."
+PROJECTION_PREFIX = "projection."  # SupCon's projection MLP (objective supcon only)
+SUPCON_VIEWS = 2  # augmented views of each image under objective supcon
 TOP_K = 5
 ROLLOUT_SAMPLES = 8  # held-out images drawn with their attention rollout at each evaluation
 
@@ -48,10 +63,23 @@ class VitTaskConfig:
     # Training-time augmentation; its image_size is always the model's.
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     freeze_backbone: bool = False  # train the head alone (a linear probe); set model.drop_path_rate to 0 with it
+    # What trains the encoder: the classifier's cross-entropy, or supervised contrastive learning on two views
+    # per image with the head as an online linear probe (see the module docstring).
+    objective: Literal["cross_entropy", "supcon"] = "cross_entropy"
+    supcon_temperature: float = 0.1  # the paper's best; the loss is not rescaled (base temperature = this)
+    projection_dim: int = 128  # output width of SupCon's projection MLP (the paper's 128)
 
     __pydantic_config__ = {"extra": "forbid"}
 
     def __post_init__(self) -> None:
+        if self.objective not in ("cross_entropy", "supcon"):
+            raise ValueError(f"objective {self.objective!r} is not one of 'cross_entropy', 'supcon'")
+        if self.objective == "supcon" and self.freeze_backbone:
+            raise ValueError("objective supcon trains the encoder, freeze_backbone keeps it fixed: a linear probe "
+                             "of a SupCon encoder is objective cross_entropy with freeze_backbone")
+        if self.supcon_temperature <= 0 or self.projection_dim < 1:
+            raise ValueError(f"supcon_temperature {self.supcon_temperature} and projection_dim "
+                             f"{self.projection_dim} must be positive")
         if self.labels and self.model.num_classes != len(self.labels):
             self.model = replace(self.model, num_classes=len(self.labels))
         if self.augment.image_size != self.model.image_size:
@@ -75,8 +103,29 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
+class SupConViT(VisionTransformer):
+    """A ViT classifier with SupCon's projection MLP. Called as usual it gives the head's logits; with
+    ``contrastive=True``, (projections (N, P), the head's logits of the detached features (N, C)).
+
+    Both outputs come from one forward so that DDP and FSDP see every parameter used inside the wrapped call.
+    """
+
+    def __init__(self, cfg: ViTConfig, projection_dim: int):
+        super().__init__(cfg)
+        self.projection = nn.Sequential(nn.Linear(cfg.width, cfg.width), nn.ReLU(),
+                                        nn.Linear(cfg.width, projection_dim))
+
+    def forward(self, images: torch.Tensor, *, output_attentions: bool = False, contrastive: bool = False):
+        if not contrastive:
+            return super().forward(images, output_attentions=output_attentions)
+        features = self.forward_features(images)  # (N, D)
+        # The head is a probe: it must not pull the representation towards cross-entropy's.
+        return self.projection(features), self.head(features.detach())
+
+
 class VitTask(Task):
-    """Batches hold ``image`` (B, 3, S, S) float32, ``target`` (B, C) soft labels and ``label`` (B,) int64."""
+    """Batches hold ``image`` (B, 3, S, S) float32, ``target`` (B, C) soft labels and ``label`` (B,) int64;
+    under objective supcon, ``views`` (B, 2, 3, S, S) float32 and ``label``."""
 
     name = "vit"
     config_type = VitTaskConfig
@@ -114,7 +163,10 @@ class VitTask(Task):
         if not self.config.labels:
             raise CheckpointError("this ViT has no class names: task.labels is empty (train on a set whose "
                                   "manifest names its classes)")
-        model = VisionTransformer(replace(self.config.model, num_classes=self.num_classes))
+        model_cfg = replace(self.config.model, num_classes=self.num_classes)
+        if self.config.objective == "supcon":
+            return SupConViT(model_cfg, self.config.projection_dim)
+        model = VisionTransformer(model_cfg)
         if self.config.freeze_backbone:
             for name, param in model.named_parameters():
                 param.requires_grad_(name.startswith(HEAD_PREFIX))
@@ -125,10 +177,13 @@ class VitTask(Task):
 
     def adapt_weights(self, weights: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
         """The encoder carries over; a head of another class count (or none) starts fresh; positions are
-        resampled to this model's grid."""
+        resampled to this model's grid. A SupCon projection is dropped when this model has none (a classifier
+        fine-tuned from SupCon training, as the paper does) and starts fresh when the parent had none."""
         target = model.state_dict()
         kept = {}
         for key, value in weights.items():
+            if key.startswith(PROJECTION_PREFIX) and key not in target:
+                continue
             if key.startswith(HEAD_PREFIX) and (key not in target or value.shape != target[key].shape):
                 continue
             if key == "pos_embed" and key in target and value.shape != target[key].shape:
@@ -141,6 +196,11 @@ class VitTask(Task):
                         rngs: Sequence[np.random.Generator] | None = None) -> dict[str, np.ndarray]:
         aug = self.config.augment
         labels = self._checked(_label_ids(batch["cls"]))
+        if self.config.objective == "supcon":
+            # View after view: the second continues each sample's generator after the first's draws (a fixed
+            # count per view), so both are the sample's own and replay exactly. Each view decodes anew.
+            views = [augment_images(list(batch["jpg"]), rngs, aug) for _ in range(SUPCON_VIEWS)]
+            return {"views": np.stack(views, axis=1), "label": labels}  # (B, V, 3, S, S)
         images = augment_images(list(batch["jpg"]), rngs, aug)
         targets = smoothed_targets(labels, self.num_classes, aug.label_smoothing if rngs is not None else 0.0)
         images, targets = mix_batch(images, targets, rngs, aug)
@@ -154,10 +214,26 @@ class VitTask(Task):
         return labels
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        if self.config.objective == "supcon":
+            return self._supcon_loss(model, batch)
         logits = model(batch["image"]).float()
         loss = -(batch["target"] * F.log_softmax(logits, dim=-1)).sum(dim=-1).mean()
         top1 = (logits.argmax(dim=-1) == batch["target"].argmax(dim=-1)).float().mean()
         return loss, {"loss": loss.item(), "train_top1": top1.item()}
+
+    def _supcon_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """SupCon over every view, plus the probe head's cross-entropy (its gradient reaches the head alone)."""
+        views, labels = batch["views"], batch["label"]
+        samples, count = views.shape[:2]
+        projections, probe_logits = model(views.flatten(0, 1), contrastive=True)  # sample-major rows
+        temperature = self.config.supcon_temperature
+        contrastive = supcon_loss(projections.float().view(samples, count, -1), labels, temperature, temperature)
+        view_labels = labels.repeat_interleave(count)
+        probe = F.cross_entropy(probe_logits.float(), view_labels)
+        loss = contrastive + probe
+        top1 = (probe_logits.argmax(dim=-1) == view_labels).float().mean()
+        return loss, {"loss": loss.item(), "supcon_loss": contrastive.item(), "probe_loss": probe.item(),
+                      "train_top1": top1.item()}
 
     # -- evaluation -------------------------------------------------------------------------------------------
     def eval_transform(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -247,6 +323,7 @@ class VitTask(Task):
         from components.models.vit_layouts import export_timm_folder
 
         aug = self.config.augment
+        weights = {k: v for k, v in weights.items() if not k.startswith(PROJECTION_PREFIX)}  # training-time only
         try:
             return export_timm_folder(replace(self.config.model, num_classes=self.num_classes), weights, folder,
                                       mean=aug.mean, std=aug.std, label_names=self.config.labels,
