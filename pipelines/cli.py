@@ -20,6 +20,7 @@ examples:
   tvp finetune clip --from models:/tvp-demo-clip@latest --data tvp-demo/shards/train --eval tvp-demo/shards/heldout
   tvp evaluate models:/tvp-demo-clip@latest --data tvp-demo/shards/heldout
   tvp promote models:/tvp-demo-clip@latest --metric zero_shot_top1
+  tvp filter clip-score tvp-demo/shards/train --model models:/tvp-demo-clip@latest --keep-fraction 0.3 --output top30
   RAY_ADDRESS=127.0.0.1:6379 tvp demo       use a running Ray cluster
   MLFLOW_TRACKING_URI=http://127.0.0.1:5000 tvp demo   log to an MLflow server
 """
@@ -271,6 +272,8 @@ def _build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--alias", default="champion", help="the alias to move (default: champion)")
     _add_workdir(promote)
 
+    _add_filter_parser(commands)
+
     select = commands.add_parser(
         "select-shards",
         help="list the shard sets under a data root that a lineage of runs has not trained on yet",
@@ -374,6 +377,40 @@ def _build_parser() -> argparse.ArgumentParser:
     add.add_argument("--store", default=None, help="the schedule database (see tvp schedule list --help)")
     add.add_argument("--workdir", default="tvp-demo", help="where the default store lives (default: ./tvp-demo)")
     return parser
+
+
+def _add_filter_parser(commands: argparse._SubParsersAction) -> None:
+    filters = commands.add_parser("filter", help="keep the samples of a shard set that pass a filter")
+    kinds = filters.add_subparsers(dest="filter", required=True, metavar="FILTER")
+    clip = kinds.add_parser(
+        "clip-score",
+        help="keep the image-text pairs a registered CLIP scores highly (LAION / DataComp curation)",
+        description=(
+            "Score every image-text pair (.jpg + .txt) of SHARDS with the registered CLIP behind MODEL_URI, in a "
+            "pool of Ray Data actors that each hold the model, and write the pairs that pass to --output as a "
+            "new shard set: same sample keys, every member kept, the score added to each sample's .json as "
+            "clip_score. The score is the cosine similarity of the unit-norm image and text embeddings "
+            "(DataComp's CLIP score). --keep-fraction F keeps the top F of the set: the threshold is the "
+            "(1 - F) quantile of the scores, the k-th highest with k = ceil(F x N), and pairs tied with it are "
+            "all kept. The manifest records the threshold, the kept fraction (kept / scored), the input set's "
+            "content hash and the model's URI and version. Run the same command again to resume."
+        ),
+    )
+    clip.add_argument("shards", metavar="SHARDS", help="an image-text shard set: folder, s3:// or gs://")
+    clip.add_argument("--model", required=True, metavar="MODEL_URI",
+                      help="a registered CLIP: models:/NAME@ALIAS or models:/NAME/VERSION")
+    rule = clip.add_mutually_exclusive_group(required=True)
+    rule.add_argument("--min-score", type=float, metavar="S", help="keep pairs scoring at least S")
+    rule.add_argument("--keep-fraction", type=float, metavar="F",
+                      help="keep the top F of the pairs, 0 < F <= 1 (DataComp keeps 0.3)")
+    clip.add_argument("--output", required=True, metavar="DIR", help="where the filtered set goes (folder, s3://, gs://)")
+    clip.add_argument("--actors", type=int, default=None,
+                      help="Ray Data actors that each hold the model (default: half the cluster's CPUs)")
+    clip.add_argument("--batch-size", type=int, default=256, help="pairs scored per batch (default: 256)")
+    clip.add_argument("--gpus-per-actor", type=float, default=0.0,
+                      help="accelerators per actor; 0 (the default) scores on CPUs")
+    _add_workdir(clip)
+    _add_address(clip)
 
 
 def _add_text_table_parser(sources: argparse._SubParsersAction) -> None:
@@ -693,6 +730,28 @@ def _promote(args: argparse.Namespace) -> dict:
     promoted, reason = promote_registered(args.model_uri, args.metric, args.mode, args.alias, _tracking_uri(args.workdir))
     print(("promoted: " if promoted else "not promoted: ") + reason)
     return {"model_uri": args.model_uri, "promoted": promoted, "reason": reason}
+
+
+def _filter(args: argparse.Namespace) -> dict:
+    from components.data.filtering.clip_score import ScoreRule
+    from components.data.shards.shard_set import work_index_dir
+    from pipelines.filter_clip_score import filter_clip_score
+
+    from cluster.ray_cluster import connect
+
+    rule = ScoreRule(args.min_score, args.keep_fraction)  # F outside (0, 1] fails here, before anything starts
+    for flag in ("actors", "batch_size"):
+        if getattr(args, flag) is not None and getattr(args, flag) <= 0:
+            raise _usage_error(f"--{flag.replace('_', '-')} must be positive")
+    if args.gpus_per_actor < 0:
+        raise _usage_error("--gpus-per-actor must not be negative")
+    manifest = filter_clip_score(args.shards, args.model, args.output, rule, _tracking_uri(args.workdir),
+                                 args.actors, args.batch_size, args.gpus_per_actor,
+                                 work_index_dir(Path(args.workdir).resolve()),
+                                 connect=lambda: connect(args.address, dashboard=False))
+    facts = manifest["clip_score"]
+    return {"output": args.output, "content_hash": manifest["content_hash"], "num_samples": manifest["num_samples"],
+            "threshold": facts["threshold"], "kept_fraction": facts["kept_fraction"]}
 
 
 def _print_summary(summary: dict) -> None:
@@ -1102,7 +1161,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with console:
             commands = {"demo": _demo, "demo-data": _demo_data, "ingest": _ingest, "inspect": _inspect, "split-articles": _split_articles, "export": _export, "train": _train, "finetune": _finetune, "evaluate": _evaluate,
-                        "promote": _promote, "run": _run, "submit": _submit, "jobs": _jobs, "select-shards": _select_shards,
+                        "promote": _promote, "filter": _filter, "run": _run, "submit": _submit, "jobs": _jobs, "select-shards": _select_shards,
                         "schedule": _schedule, "ui": _ui}
             outputs = commands[args.command](args)
         write_step_outputs(outputs)
