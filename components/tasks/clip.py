@@ -1,21 +1,41 @@
-"""CLIP as a task: images and captions in, symmetric contrastive loss out; zero-shot evaluation."""
+"""CLIP as a task: images and captions in, the symmetric contrastive loss out (across all workers' batches);
+zero-shot classification, image-text retrieval and a linear probe on the held-out set.
+
+Captions are tokenised by the task's tokenizer, one of its files: a CLIP byte-level BPE (``tokenizer.json`` +
+``tokenizer_config.json``, ``components/data/loading/clip_tokenizer.py``) trained on the training captions
+or OpenAI's vocabulary (``task.tokenizer``), or, in versions registered before it, the caption tokenizer
+(``tokenizer.json`` alone), which keeps encoding as it did.
+
+Training augmentation is optional: ``augment`` (the ViT task's image recipe) and ``captions`` (one line of
+a multi-line caption drawn, words dropped), both drawn from each sample's own generator; without them images
+are resized and normalised as CLIP's preprocessing does.
+
+Evaluation (``evaluation``): ``zero_shot`` (class names of the held-out manifest in ``zero_shot_templates``,
+top-1 and top-5; samples carry ``label`` in their ``.json``), ``retrieval`` (each held-out image against
+its own caption, ``.txt``: recall@1/5/10 both ways) and ``linear_probe`` (logistic regression on the frozen
+image embeddings of one seeded half of the labelled held-out samples, top-1 on the other half).
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from itertools import islice
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
 import numpy as np
 import torch
-from tokenizers import Tokenizer
 from torch import nn
 
-from components.data.loading.image_batches import images_to_array
-from components.data.loading.tokenizer import encode_captions, train_caption_tokenizer
-from components.evaluation.zero_shot import zero_shot_classifier
+from components.data.loading.clip_tokenizer import (
+    CONFIG_FILE, TextTokenizer, load_text_tokenizer, openai_clip_tokenizer, train_clip_tokenizer,
+)
+from components.data.loading.image_augment import AugmentConfig, augment_images, eval_images
+from components.data.loading.image_batches import CLIP_MEAN, CLIP_STD, images_to_array
+from components.evaluation.linear_probe import linear_probe, probe_split
+from components.evaluation.retrieval import retrieval_metrics
+from components.evaluation.zero_shot import label_ranks, zero_shot_classifier, zero_shot_top_predictions
 from components.losses.contrastive import clip_loss
 from components.models.clip import CLIP, CLIPConfig
 from components.models.vit import resample_positions
@@ -24,63 +44,121 @@ from components.training.checkpoint import CheckpointError
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CAPTIONS = 200_000  # captions read from the training shards to train the tokenizer
+EVALUATIONS = ("zero_shot", "retrieval", "linear_probe")
+NO_LABEL = -1
+
+
+@dataclass
+class CaptionAugmentConfig:
+    """Caption augmentation during training, drawn from each sample's generator after its image's draws."""
+
+    pick_line: bool = False  # a caption of several lines (several captions of one image): use one, uniformly
+    word_dropout: float = 0.0  # drop each word with this probability (at least one word is kept)
+
+    __pydantic_config__ = {"extra": "forbid"}
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.word_dropout < 1.0:
+            raise ValueError(f"word_dropout is {self.word_dropout}: it must lie in [0, 1)")
 
 
 @dataclass
 class ClipTaskConfig:
     model: CLIPConfig = field(default_factory=CLIPConfig)
-    # Prompts for zero-shot evaluation; "{}" is replaced by the class name.
+    # Prompts for zero-shot evaluation; "{}" is replaced by the class name. Several make an ensemble (the
+    # mean of their normalised embeddings); DEFAULT_TEMPLATES in components/evaluation/zero_shot.py is one.
     zero_shot_templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
     eval_batch_size: int = 256
+    # What evaluation measures (see the module docstring); the held-out samples must carry what each needs.
+    evaluation: list[str] = field(default_factory=lambda: ["zero_shot"])
+    tokenizer: Literal["trained", "openai"] = "trained"  # "openai" needs text.vocab_size 49408
+    local_loss: bool = False  # each worker's rows against the global batch's columns (less memory, same gradient)
+    gather: bool = True  # negatives from every worker's batch (False: each worker's own batch only)
+    augment: AugmentConfig | None = None  # training images (its image_size is the model's); None: resize only
+    captions: CaptionAugmentConfig = field(default_factory=CaptionAugmentConfig)
 
     __pydantic_config__ = {"extra": "forbid"}
 
+    def __post_init__(self) -> None:
+        unknown = [e for e in self.evaluation if e not in EVALUATIONS]
+        if unknown:
+            raise ValueError(f"evaluation {unknown[0]!r} is unknown: choose from {', '.join(EVALUATIONS)}")
+        if self.tokenizer == "openai" and self.model.text.vocab_size != 49408:
+            raise ValueError(f"tokenizer openai needs task.model.text.vocab_size 49408, "
+                             f"not {self.model.text.vocab_size}")
+        if self.augment is not None and self.augment.image_size != self.model.vision.image_size:
+            self.augment = replace(self.augment, image_size=self.model.vision.image_size)
+
 
 @lru_cache(maxsize=4)
-def _tokenizer(tokenizer_json: str) -> Tokenizer:
-    return Tokenizer.from_str(tokenizer_json)
+def _tokenizer(tokenizer_json: str, config_json: str | None) -> TextTokenizer:
+    files = {TOKENIZER_FILE: tokenizer_json, **({CONFIG_FILE: config_json} if config_json is not None else {})}
+    return load_text_tokenizer(files)
 
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def augment_caption(text: str, rng: np.random.Generator, cfg: CaptionAugmentConfig) -> str:
+    """One caption drawn as ``cfg`` says; a fixed number of draws per switched-on step, whatever the text."""
+    if cfg.pick_line:
+        lines = [line for line in text.splitlines() if line.strip()] or [text]
+        text = lines[int(rng.integers(len(lines)))]
+    if cfg.word_dropout:
+        words = text.split()
+        keep = rng.random(len(words)) >= cfg.word_dropout
+        if words and not keep.any():
+            keep[int(rng.integers(len(words)))] = True
+        text = " ".join(w for w, k in zip(words, keep) if k)
+    return text
+
+
 class ClipTask(Task):
     """Batches hold ``image`` (B, 3, S, S) float32 and ``tokens`` (B, L) int64.
 
-    Needs ``tokenizer.json`` (a HF tokenizers JSON, trained on the training captions) among its files.
-    Evaluation samples carry ``label`` in their ``.json``; class names come from the set's manifest.
+    Needs its tokenizer among its files (prepared from the training captions, or OpenAI's). Evaluation samples
+    carry ``label`` in their ``.json`` (zero-shot, linear probe) and a ``.txt`` caption (retrieval); class names
+    come from the set's manifest.
     """
 
     name = "clip"
     config_type = ClipTaskConfig
     columns = ("jpg", "txt")
-    eval_columns = ("jpg", "json")
     asset_columns = ("txt",)
     fsdp_forward_methods = ("encode_image", "encode_text")
     inference_inputs = {"text": "string", "image": "binary"}
     inference_example = {"text": ["a photo of a cat."]}
 
+    def __init__(self, config: Any, files: dict[str, str] | None = None):
+        super().__init__(config, files)
+        # The members evaluation reads: a label-only set (zero-shot) needs no caption, a caption-only set
+        # (retrieval) no label.
+        wanted = set(self.config.evaluation)
+        self.eval_columns = ("jpg",) + (("json",) if wanted - {"retrieval"} else ()) + (
+            ("txt",) if "retrieval" in wanted else ())
+
     # -- assets -----------------------------------------------------------------------------------------------
     def prepare_assets(self, samples: Iterable[dict[str, bytes]]) -> dict[str, str]:
-        vocab_size = self.config.model.text.vocab_size
+        text = self.config.model.text
+        if self.config.tokenizer == "openai":
+            return openai_clip_tokenizer(context_length=text.context_length).files()
         captions = (_text(s["txt"]) for s in samples if "txt" in s)
-        tokenizer = train_caption_tokenizer(islice(captions, TOKENIZER_CAPTIONS), vocab_size)
-        if tokenizer.get_vocab_size() > vocab_size:
-            raise CheckpointError(
-                f"task.model.text.vocab_size is {vocab_size}, but the caption tokenizer needs at least "
-                f"{tokenizer.get_vocab_size()} ids (256 bytes and the special tokens): raise it"
-            )
-        return {TOKENIZER_FILE: tokenizer.to_str()}
+        try:
+            tokenizer = train_clip_tokenizer(islice(captions, TOKENIZER_CAPTIONS), text.vocab_size,
+                                             context_length=text.context_length)
+        except ValueError as exc:
+            raise CheckpointError(f"task.model.text.vocab_size: {exc}") from None
+        return tokenizer.files()
 
     @property
-    def tokenizer(self) -> Tokenizer:
+    def tokenizer(self) -> TextTokenizer:
         if TOKENIZER_FILE not in self.files:
             raise CheckpointError("this CLIP task has no tokenizer.json: prepare its assets from training data first")
-        return _tokenizer(self.files[TOKENIZER_FILE])
+        return _tokenizer(self.files[TOKENIZER_FILE], self.files.get(CONFIG_FILE))
 
     def tokenize(self, texts: list[str]) -> np.ndarray:
-        return encode_captions(self.tokenizer, texts, self.config.model.text.context_length)
+        return self.tokenizer.encode(list(texts), self.config.model.text.context_length)
 
     # -- model ------------------------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
@@ -97,32 +175,46 @@ class ClipTask(Task):
         return super().adapt_weights(weights, model)
 
     # -- training ---------------------------------------------------------------------------------------------
+    def images(self, encoded: list[bytes], rngs: Sequence[np.random.Generator] | None = None) -> np.ndarray:
+        """Encoded pictures → (N, 3, S, S): augmented when training with ``augment`` set, else deterministic."""
+        if self.config.augment is None:
+            return images_to_array(encoded, self.config.model.vision.image_size, CLIP_MEAN, CLIP_STD)
+        if rngs is None:
+            return eval_images(encoded, self.config.augment)
+        return augment_images(encoded, rngs, self.config.augment)
+
     def transform_batch(self, batch: dict[str, np.ndarray],
                         rngs: Sequence[np.random.Generator] | None = None) -> dict[str, np.ndarray]:
-        return {
-            "image": images_to_array(list(batch["jpg"]), self.config.model.vision.image_size),
-            "tokens": self.tokenize([_text(t) for t in batch["txt"]]),
-        }
+        captions = [_text(t) for t in batch["txt"]]
+        images = self.images(list(batch["jpg"]), rngs)  # the images' draws first, then the captions'
+        if rngs is not None:
+            captions = [augment_caption(c, rng, self.config.captions) for c, rng in zip(captions, rngs)]
+        return {"image": images, "tokens": self.tokenize(captions)}
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         image_emb, text_emb, scale = model(batch["image"], batch["tokens"])
-        loss = clip_loss(image_emb, text_emb, scale)
+        loss = clip_loss(image_emb, text_emb, scale, local_loss=self.config.local_loss, gather=self.config.gather)
         return loss, {"loss": loss.item(), "logit_scale": scale.item()}
 
     def count_tokens(self, batch: dict[str, torch.Tensor]) -> int:
         return int((batch["tokens"] != self.config.model.text.pad_id).sum())
 
-    # -- evaluation: zero-shot top-1 --------------------------------------------------------------------------
+    # -- evaluation -------------------------------------------------------------------------------------------
     def eval_transform(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {
-            "image": images_to_array(list(batch["jpg"]), self.config.model.vision.image_size),
-            "label": np.array([int(json.loads(m)["label"]) for m in batch["json"]], dtype=np.int64),
-        }
+        out = {"image": self.images(list(batch["jpg"]))}
+        if "json" in batch:
+            out["label"] = np.array([_label(m) for m in batch["json"]], dtype=np.int64)
+        if "txt" in batch:
+            out["tokens"] = self.tokenize([_text(t) for t in batch["txt"]])
+        return out
 
     @torch.no_grad()
     def eval_begin(self, model: nn.Module, facts: EvalFacts) -> dict[str, torch.Tensor]:
+        if "zero_shot" not in self.config.evaluation:
+            return {}
         if not facts.classes:
-            raise CheckpointError("zero-shot evaluation needs class names: the evaluation set's manifest has none")
+            raise CheckpointError("zero-shot evaluation needs class names: the evaluation set's manifest has none "
+                                  "(or set task.evaluation to [retrieval] for image-text pairs)")
         ids = sorted(facts.classes)
         classifier = zero_shot_classifier(_unwrap(model).encode_text, self.tokenize, [facts.classes[i] for i in ids],
                                           self.config.zero_shot_templates)
@@ -131,32 +223,52 @@ class ClipTask(Task):
     @torch.no_grad()
     def eval_step(self, model: nn.Module, batch: dict[str, torch.Tensor], context: dict[str, torch.Tensor]
                   ) -> dict[str, torch.Tensor]:
-        scores = _unwrap(model).encode_image(batch["image"]) @ context["classifier"].T
-        return {"predicted": context["class_ids"][scores.argmax(dim=-1)], "label": batch["label"]}
+        clip = _unwrap(model)
+        image_emb = clip.encode_image(batch["image"])
+        out = {"image_embedding": image_emb}
+        if "label" in batch:
+            out["label"] = batch["label"]
+        if "classifier" in context and "label" in batch:  # the true class's rank: 0 is a top-1 hit
+            out["label_rank"] = torch.from_numpy(label_ranks(image_emb, context["classifier"], batch["label"],
+                                                             context["class_ids"].tolist()))
+        if "tokens" in batch:
+            out["text_embedding"] = clip.encode_text(batch["tokens"])
+        return out
 
     def eval_reduce(self, outputs: dict[str, np.ndarray], facts: EvalFacts) -> dict[str, float]:
-        labels, predicted = outputs["label"], outputs["predicted"]
-        return {
-            "zero_shot_top1": float((predicted == labels).mean()) if len(labels) else 0.0,
-            "num_classes": float(len(facts.classes)),
-            "num_eval_samples": float(len(labels)),
-        }
+        wanted = self.config.evaluation
+        metrics: dict[str, float] = {"num_eval_samples": float(len(outputs["image_embedding"]))}
+        labelled = outputs["label"] >= 0 if "label" in outputs else np.zeros(0, bool)
+        if "zero_shot" in wanted:
+            ranks = outputs["label_rank"][labelled]
+            for k in (1, 5):  # an unknown label ranks -1: a miss
+                metrics[f"zero_shot_top{k}"] = float(((ranks >= 0) & (ranks < k)).mean()) if len(ranks) else 0.0
+            metrics["num_classes"] = float(len(facts.classes))
+        if "retrieval" in wanted:
+            images, texts = outputs["image_embedding"], outputs["text_embedding"]
+            metrics.update(retrieval_metrics(images, texts, np.arange(len(texts))))
+        if "linear_probe" in wanted:
+            features, labels = outputs["image_embedding"][labelled], outputs["label"][labelled]
+            if len(np.unique(labels)) >= 2 and np.bincount(labels - labels.min()).max() >= 2:
+                metrics.update(linear_probe(*probe_split(features, labels, seed=0)).metrics())
+        return metrics
 
     @torch.no_grad()
     def visualize(self, model: nn.Module, samples: list[dict[str, bytes]], facts: EvalFacts) -> Any:
-        """Held-out pictures captioned with their top zero-shot prediction and the true class."""
-        from components.data.shards.contact_sheet import contact_sheet
+        """Held-out pictures with their top zero-shot predictions (and the true class) when zero-shot is
+        evaluated; otherwise none."""
+        from components.viz.top_predictions import top_predictions_picture
 
-        if not samples:
+        if not samples or "zero_shot" not in self.config.evaluation or not facts.classes:
             return None
+        samples = samples[:12]
         batch = self.eval_transform({c: np.array([s[c] for s in samples], dtype=object) for c in self.eval_columns})
         context = self.eval_begin(model, facts)
-        out = self.eval_step(model, {k: torch.from_numpy(v) for k, v in batch.items()}, context)
-        captions = [
-            f"{'ok' if p == t else 'WRONG'}: {facts.classes.get(p, p)} (true: {facts.classes.get(t, t)})"
-            for p, t in zip(out["predicted"].tolist(), out["label"].tolist())
-        ]
-        return contact_sheet(zip([s["jpg"] for s in samples], captions), columns=8)
+        image_emb = _unwrap(model).encode_image(torch.from_numpy(batch["image"]))
+        rows, probabilities = zero_shot_top_predictions(image_emb, context["classifier"], k=5)
+        ids = context["class_ids"].numpy()
+        return top_predictions_picture([s["jpg"] for s in samples], ids[rows], probabilities, facts.classes,
+                                       batch["label"].tolist(), columns=4)
 
     # -- inference --------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -175,8 +287,13 @@ class ClipTask(Task):
         return model.encode_text(torch.from_numpy(self.tokenize([str(t) for t in texts])))
 
     def _embed_images(self, model: nn.Module, images: list[bytes]) -> torch.Tensor:
-        pixels = images_to_array([bytes(b) for b in images], self.config.model.vision.image_size)
-        return model.encode_image(torch.from_numpy(pixels))
+        return model.encode_image(torch.from_numpy(self.images([bytes(b) for b in images])))
+
+
+def _label(meta: Any) -> int:
+    """A held-out sample's class id from its ``.json``; ``NO_LABEL`` when it has none."""
+    value = json.loads(meta).get("label") if meta else None
+    return NO_LABEL if value is None else int(value)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

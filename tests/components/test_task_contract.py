@@ -79,7 +79,7 @@ TINY_BERT = {"vocab_size": 200, "hidden_size": 32, "layers": 2, "heads": 2, "int
 
 # Per task: a small config and samples in its shard layout. A task without an entry fails the contract.
 CONTRACT = {
-    "clip": ({"model": {**asdict(tiny_clip_config()), "text": {**asdict(tiny_clip_config().text), "vocab_size": 300}}},
+    "clip": ({"model": {**asdict(tiny_clip_config()), "text": {**asdict(tiny_clip_config().text), "vocab_size": 600}}},
              clip_samples),
     "bert": ({"model": TINY_BERT, "max_seq_length": 32}, document_samples),
     "vit": ({"model": TINY_VIT, "labels": CLASSES}, labelled_images),

@@ -67,7 +67,8 @@ def test_registered_model_loads_back_and_reproduces_the_logged_accuracy(demo_run
     uri = f"models:/{summary['registered_model']}@latest"
     checkpoint = download_registered_checkpoint(uri, tmp_path / "ckpt", summary["tracking_uri"])
     names = sorted(p.name for p in checkpoint.iterdir())
-    assert names == ["config.json", "model.safetensors", "tokenizer.json"]  # weights + JSON; no optimizer state
+    # Weights and JSON (the CLIP tokenizer's two files); no optimizer state.
+    assert names == ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
     assert json.loads((checkpoint / "config.json").read_text())["format_version"] == CHECKPOINT_FORMAT_VERSION
     task, model = load_task_and_model(checkpoint)
     # One process, its own batch size, equals what the two workers evaluated between them during training.
