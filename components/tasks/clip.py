@@ -19,9 +19,10 @@ image embeddings of one seeded half of the labelled held-out samples, top-1 on t
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from itertools import islice
+from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
 
 import numpy as np
@@ -129,6 +130,7 @@ class ClipTask(Task):
     fsdp_forward_methods = ("encode_image", "encode_text")
     inference_inputs = {"text": "string", "image": "binary"}
     inference_example = {"text": ["a photo of a cat."]}
+    pretrained_layout = "open_clip"
 
     def __init__(self, config: Any, files: dict[str, str] | None = None):
         super().__init__(config, files)
@@ -269,6 +271,50 @@ class ClipTask(Task):
         ids = context["class_ids"].numpy()
         return top_predictions_picture([s["jpg"] for s in samples], ids[rows], probabilities, facts.classes,
                                        batch["label"].tolist(), columns=4)
+
+    # -- other libraries' layouts -----------------------------------------------------------------------------
+    @classmethod
+    def import_pretrained(cls, folder: Path) -> tuple[dict[str, Any], dict[str, str], dict[str, torch.Tensor]] | None:
+        """An open_clip folder (``open_clip_config.json`` + ``open_clip_model.safetensors``) or a Hugging Face
+        ``CLIPModel`` folder (``config.json`` of model type ``clip`` + ``model.safetensors``), with OpenAI's
+        tokenizer (the one both use for a 49,408-id text tower) and the image normalisation it records."""
+        from components.models import clip_layouts
+
+        hf_config = folder / "config.json"
+        try:
+            if (folder / "open_clip_config.json").is_file():
+                model_cfg, weights, preprocess = clip_layouts.import_open_clip_folder(folder)
+            elif hf_config.is_file() and json.loads(hf_config.read_text()).get("model_type") == "clip":
+                model_cfg, weights = clip_layouts.import_hf_folder(folder)
+                preprocess = {}
+            else:
+                return None
+        except (ValueError, FileNotFoundError) as exc:
+            raise CheckpointError(f"{folder}: {exc}") from None
+        if model_cfg.text.vocab_size != 49408:
+            raise CheckpointError(f"{folder}: a text tower of {model_cfg.text.vocab_size} ids is not OpenAI's "
+                                  "tokenizer's (49,408): tvp cannot tell which tokenizer it was trained with")
+        config: dict[str, Any] = {"model": asdict(model_cfg), "tokenizer": "openai"}
+        mean, std = tuple(preprocess.get("mean", CLIP_MEAN)), tuple(preprocess.get("std", CLIP_STD))
+        if (mean, std) != (tuple(CLIP_MEAN), tuple(CLIP_STD)):  # another normalisation: resize and normalise so
+            config["augment"] = {"image_size": model_cfg.vision.image_size, "crop": False, "hflip": 0.0,
+                                 "randaugment_ops": 0, "mixup_alpha": 0.0, "cutmix_alpha": 0.0,
+                                 "label_smoothing": 0.0, "eval_crop_pct": 1.0, "mean": mean, "std": std}
+        files = openai_clip_tokenizer(context_length=model_cfg.text.context_length).files()
+        return config, files, weights
+
+    def export_pretrained(self, weights: dict[str, torch.Tensor], folder: Path) -> Path:
+        """``open_clip_config.json`` + ``open_clip_model.safetensors`` that ``open_clip.create_model("local-dir:"
+        + folder)`` loads, with this model's image normalisation. The tokenizer is not written: open_clip's own
+        is OpenAI's, the same as a model trained with ``tokenizer: openai``."""
+        from components.models.clip_layouts import export_open_clip_folder
+
+        aug = self.config.augment
+        mean, std = (aug.mean, aug.std) if aug is not None else (CLIP_MEAN, CLIP_STD)
+        try:
+            return export_open_clip_folder(folder, self.config.model, weights, mean=tuple(mean), std=tuple(std))
+        except ValueError as exc:
+            raise CheckpointError(f"cannot export this CLIP in open_clip's layout: {exc}") from None
 
     # -- inference --------------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -122,3 +122,27 @@ def test_openai_and_old_caption_tokenizers():
     clip = ClipTask.from_dict({"model": asdict(tiny_clip_config())}, {TOKENIZER_FILE: old.to_str()})
     captions = ["a red square", "a blue square"]
     assert np.array_equal(clip.tokenize(captions), encode_captions(old, captions, 8))
+
+
+def test_open_clip_and_hugging_face_folders_round_trip_through_the_task(tmp_path):
+    from components.models.clip import clip_config
+    from components.models.clip_layouts import export_hf_folder
+
+    cfg = clip_config("micro", vision=dict(layers=1), text=dict(layers=1, vocab_size=49408, context_length=16))
+    clip = ClipTask.from_dict({"model": asdict(cfg), "tokenizer": "openai"})
+    clip = clip.with_files(clip.prepare_assets([]))
+    model = clip.build_model().eval()
+    pictures = [s["jpg"] for s in samples(3)]
+    expected = model.encode_image(torch.from_numpy(clip.images(pictures)))
+    expected_text = model.encode_text(torch.from_numpy(clip.tokenize(["a red square", "blue!~ square"])))
+
+    export_hf_folder(tmp_path / "hf", cfg, model.state_dict())
+    for folder in (clip.export_pretrained(model.state_dict(), tmp_path / "open_clip"), tmp_path / "hf"):
+        config, files, weights = ClipTask.import_pretrained(folder)
+        imported = ClipTask.from_dict(config, files)
+        again = imported.build_model().eval()
+        again.load_state_dict(weights)
+        assert torch.allclose(again.encode_image(torch.from_numpy(imported.images(pictures))), expected, atol=1e-6)
+        tokens = imported.tokenize(["a red square", "blue!~ square"])
+        assert torch.allclose(again.encode_text(torch.from_numpy(tokens)), expected_text, atol=1e-6)
+    assert ClipTask.import_pretrained(tmp_path) is None  # neither layout
