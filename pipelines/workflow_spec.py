@@ -59,6 +59,7 @@ STEP_OUTPUTS: dict[str, tuple[str, ...]] = {
     "export": ("output",),
     "split-articles": ("train", "heldout", "categories_train", "categories_heldout"),
     "promote": ("model_uri", "promoted", "reason"),
+    "filter": ("output", "content_hash", "num_samples", "threshold", "kept_fraction"),
 }
 STEP_OUTPUTS["finetune"] = STEP_OUTPUTS["train"]
 STEP_OUTPUTS_WITH_FIELDS = ("metrics",)  # outputs that are mappings: referred to as metrics.NAME
