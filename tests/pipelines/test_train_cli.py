@@ -67,4 +67,4 @@ def test_finetune_from_the_registered_demo_model_scores_at_least_as_well(demo_ru
     assert run.data.params["train.lr"] == "0.0001"  # the fine-tuning preset's rate
     assert run.data.metrics["zero_shot_top1"] >= summary["zero_shot_top1"], (run.data.metrics, summary)
     # The tokenizer came from the parent, unchanged.
-    assert json.loads(run.data.params["task.model.text.vocab_size"]) == 512
+    assert json.loads(run.data.params["task.model.text.vocab_size"]) == 1024
