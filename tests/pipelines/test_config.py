@@ -58,7 +58,7 @@ def test_apply_override_builds_nested_sections():
 def test_training_presets_validate_the_task_section_with_the_tasks_own_type():
     cfg = load_run_config("clip", "clip-tiny", ["train.epochs=2"])
     assert cfg.train.epochs == 2 and cfg.registered_model("clip") == "tvp-clip"
-    assert cfg.task_config("clip").model.text.vocab_size == 512
+    assert cfg.task_config("clip").model.text.vocab_size == 1024
     with pytest.raises(ConfigError, match="unknown config key 'task.model.text.depth'"):
         load_run_config("clip", "clip-tiny", ["task.model.text.depth=2"])
     with pytest.raises(ConfigError, match="config key 'task.eval_batch_size'"):
