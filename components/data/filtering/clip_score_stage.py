@@ -53,7 +53,7 @@ from components.data.filtering.score_filter_shard import (
 )
 from components.data.shards.shard_reader import ShardSetError
 from components.data.shards.shard_set import ShardSet
-from components.data.shards.shard_stage import Planned, ShardDone, build_shard_set, output_lock
+from components.data.shards.shard_stage import Planned, ShardDone, build_shard_set, fingerprinted_folder, output_lock
 from components.data.shards.shard_store import ShardStore
 from components.data.shards.shard_writer import completed_shards, shard_name
 
@@ -111,15 +111,6 @@ class ScoreActor:
 
 def _score_name(i: int) -> str:
     return f"{SCORES}/{shard_name(i)}.parquet"
-
-
-def _prepare_score_folder(store: ShardStore, fingerprint: str) -> None:
-    """Scores are reused only when made from the same input set and checkpoint."""
-    marker = f"{SCORES}/FINGERPRINT"
-    if store.exists(SCORES) and (not store.exists(marker) or store.read_bytes(marker).decode() != fingerprint):
-        store.delete_folder(SCORES)
-    store.makedirs(SCORES)
-    store.write_bytes(marker, fingerprint.encode())
 
 
 def score_missing_shards(shard_set: ShardSet, model: ScoringModel, store: ShardStore, actors: int | None = None,
@@ -253,7 +244,8 @@ def filter_shard_set(
     created = not store.exists()
     store.makedirs()
     with output_lock(store, location):
-        _prepare_score_folder(store, json.dumps([source["input"], model.digest], sort_keys=True))
+        # Scores are reused only when made from the same input set and checkpoint.
+        fingerprinted_folder(store, SCORES, json.dumps([source["input"], model.digest], sort_keys=True))
         score_missing_shards(shard_set, model, store, actors, batch_size, gpus_per_actor, on_scored)
     scores, unscored = _read_scores(store, shard_set, created)
     threshold = rule.threshold(scores)

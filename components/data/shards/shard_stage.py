@@ -60,12 +60,13 @@ def _refuse_foreign(store: ShardStore, done: dict[int, dict[str, Any]], fingerpr
                             f"(shard {shard_name(foreign[0])}); use an empty output folder or the same arguments")
 
 
-def _forget_other_inputs(store: ShardStore, fingerprint: str) -> None:
-    """Planned inputs are reused by a resumed run only if they were planned from the same inputs and config."""
-    marker = f"{INPUTS}/FINGERPRINT"
-    if store.exists(INPUTS) and (not store.exists(marker) or store.read_bytes(marker).decode() != fingerprint):
-        store.delete_folder(INPUTS)
-    store.makedirs(INPUTS)
+def fingerprinted_folder(store: ShardStore, folder: str, fingerprint: str) -> None:
+    """Make ``folder`` a scratch folder of work that a resumed run may reuse only when it was made from the same
+    things (``fingerprint``): emptied when its ``FINGERPRINT`` differs or is missing, then marked."""
+    marker = f"{folder}/FINGERPRINT"
+    if store.exists(folder) and (not store.exists(marker) or store.read_bytes(marker).decode() != fingerprint):
+        store.delete_folder(folder)
+    store.makedirs(folder)
     store.write_bytes(marker, fingerprint.encode())
 
 
@@ -209,7 +210,7 @@ def build_shard_set(
         # these inputs and config (its finished shards say so); anything else named like a shard is refused.
         remove_partial_files(store, None if done else _planned_ids(store, fingerprint))
         _refuse_files_not_ours(store, str(out_dir))
-        _forget_other_inputs(store, fingerprint)
+        fingerprinted_folder(store, INPUTS, fingerprint)  # planned inputs: reused only for the same inputs and config
         try:
             pending, num_shards, num_rows = plan_shards(reader, store, rows_per_shard, set(done))
         except Exception:  # inputs that turn out malformed halfway: leave nothing behind that was not there
