@@ -33,7 +33,7 @@ import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))  # helpers shared by the benchmarks
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools" / "benchmark_support"))  # shared helpers
 from interleaved_steps import interleaved_medians  # noqa: E402
 from components.models.bert import BERT_PRESETS, BertForPreTraining  # noqa: E402
 from components.models.bert_hf import bert_config_from_hf, weights_from_hf  # noqa: E402

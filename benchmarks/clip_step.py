@@ -41,7 +41,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))  # helpers shared by the benchmarks
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools" / "benchmark_support"))  # shared helpers
 from interleaved_steps import interleaved_medians  # noqa: E402
 from components.losses.contrastive import clip_loss  # noqa: E402
 from components.models.clip import CLIP, clip_config  # noqa: E402

@@ -31,7 +31,7 @@ import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))  # helpers shared by the benchmarks
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools" / "benchmark_support"))  # shared helpers
 from interleaved_steps import interleaved_medians  # noqa: E402
 from components.models.vit import VisionTransformer  # noqa: E402
 from components.models.vit_layouts import config_from_timm, weights_from_timm  # noqa: E402

@@ -1,4 +1,4 @@
-"""Timing two sides of a step benchmark fairly (imported by bert_step.py, vit_step.py and detr_step.py; a helper, not
+"""Timing two sides of a step benchmark fairly (imported by benchmarks/*_step.py; a helper, not
 a benchmark): the sides alternate within each round and which goes first alternates between rounds, so drift in the
 machine's load falls on both; medians of wall and CPU time."""
 
