@@ -244,7 +244,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "evaluate",
         help="evaluate a registered model version on a shard set and record the metrics on the version",
         description=(
-            "Download the checkpoint behind MODEL_URI, run its task's own evaluation (zero-shot top-1 for CLIP) "
+            "Download the checkpoint behind MODEL_URI, run its task's own evaluation (for CLIP, what its "
+            "task.evaluation names: zero-shot, retrieval, linear probe) "
             "on the shard set, print the metrics and store them as eval.* tags on the version, with the shard "
             "set's content hash."
         ),
